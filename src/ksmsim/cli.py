@@ -1,0 +1,133 @@
+"""The ``ksmsim`` command line.
+
+Exit status: 0 on success, 1 when a run's expectations failed, 2 on bad input (a malformed
+scenario or call, a missing file, an unmodelled kernel) with a one-line error on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from ksmsim import __version__
+from ksmsim.kernel.profile import PLANNED_PROFILES, PROFILES
+from ksmsim.workload.scenario import ScenarioError, load_scenario
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad input from the user; printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit with status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _write_json(doc: dict[str, Any], out: str | None) -> None:
+    text = json.dumps(doc, indent=2, sort_keys=False) + "\n"
+    if out is None or out == "-":
+        sys.stdout.write(text)
+    else:
+        try:
+            Path(out).write_text(text)
+        except OSError as exc:
+            raise UsageError(f"cannot write {out}: {exc.strerror}") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a scenario on the model and print (or write) its result."""
+    from ksmsim.workload.runner import RunError, run_scenario
+
+    scenario = load_scenario(args.scenario)
+    try:
+        result = run_scenario(scenario, kernel=args.kernel, check=args.check)
+    except RunError as exc:
+        if exc.partial is not None and args.output:
+            _write_json(exc.partial, args.output)
+            raise UsageError(f"{exc} (the result so far is in {args.output})") from None
+        raise UsageError(str(exc)) from None
+    _write_json(result, args.output)
+    for failure in result["expect_failures"]:
+        print(
+            f"expect failed at {failure['label']}: {failure['counter']} expected "
+            f"{failure['expected']}, got {failure['actual']}",
+            file=sys.stderr,
+        )
+    for err in result["errors"]:
+        if err.get("fatal"):
+            print(f"error: {err['path']}: {err['message']}", file=sys.stderr)
+    return EXIT_OK if result["ok"] else EXIT_FAILED
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the built-in demonstration workload."""
+    from ksmsim.demo import run_demo
+
+    return run_demo(as_json=args.json, out=sys.stdout)
+
+
+def cmd_profiles(args: argparse.Namespace) -> int:
+    """List the kernel profiles."""
+    for name, profile in sorted(PROFILES.items()):
+        print(f"{name:10} {profile.description}")
+    for name, why in sorted(PLANNED_PROFILES.items()):
+        print(f"{name:10} (planned: {why})")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``ksmsim`` command."""
+    parser = _Parser(prog="ksmsim", description="An executable model of Linux KSM.")
+    parser.add_argument("--version", action="version", version=f"ksmsim {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    demo = sub.add_parser("demo", help="run a small built-in workload and explain what KSM did")
+    demo.add_argument("--json", action="store_true", help="print the result document instead")
+    demo.set_defaults(func=cmd_demo)
+
+    run = sub.add_parser("run", help="run a scenario (JSON or TOML) on the model")
+    run.add_argument("scenario", help="the scenario file")
+    run.add_argument("-o", "--output", help="write the result JSON here instead of stdout")
+    run.add_argument("--kernel", help="run on this profile instead of the scenario's")
+    run.add_argument(
+        "--check", action="store_true", help="run every invariant check after each operation (slow)"
+    )
+    run.set_defaults(func=cmd_run)
+
+    profiles = sub.add_parser("profiles", help="list the kernel profiles the model has")
+    profiles.set_defaults(func=cmd_profiles)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return its exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if getattr(args, "func", None) is None:
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        status: int = args.func(args)
+        return status
+    except UsageError as exc:
+        print(
+            f"ksmsim: error: {exc}" if not str(exc).startswith("ksmsim") else str(exc),
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    except ScenarioError as exc:
+        print(f"ksmsim: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("ksmsim: interrupted", file=sys.stderr)
+        return 130

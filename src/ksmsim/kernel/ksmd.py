@@ -1,0 +1,112 @@
+"""ksmd on the simulated clock: ksm_scan_thread() and a cost model for its CPU time (mm/ksm.c).
+
+ksmd runs a batch of ``pages_to_scan`` pages, then sleeps ``sleep_millisecs`` rounded up to
+whole jiffies, as schedule_timeout(msecs_to_jiffies()) does. The batch itself takes the CPU
+time the cost model charges for the work it did, so a run reports what ksmd would cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Final
+
+from ksmsim.kernel.ksm import Ksm, KsmWork
+
+if TYPE_CHECKING:
+    from ksmsim.kernel.machine import Machine
+
+MSEC_PER_SEC: Final = 1000
+
+
+def msecs_to_jiffies(msecs: int, hz: int) -> int:
+    """Convert milliseconds to jiffies, rounding up: msecs_to_jiffies()."""
+    return (msecs * hz + MSEC_PER_SEC - 1) // MSEC_PER_SEC
+
+
+@dataclass(frozen=True, slots=True)
+class KsmdCost:
+    """Nanoseconds of ksmd CPU time charged per unit of work (a first estimate, to calibrate)."""
+
+    address: int = 10
+    scanned: int = 250
+    checksum_jhash2: int = 2000
+    checksum_xxhash: int = 350
+    memcmp: int = 150
+    merge: int = 2500
+    kpage_copy: int = 700
+    item_alloc: int = 120
+    break_cow: int = 2000
+    batch: int = 2000
+
+    def charge(self, before: dict[str, int], after: KsmWork, checksum: str) -> int:
+        """Return the CPU time of the work done between two snapshots of ksmd's counts."""
+        d = {k: v - before[k] for k, v in after.as_dict().items()}
+        per_csum = self.checksum_jhash2 if checksum == "jhash2" else self.checksum_xxhash
+        return (
+            self.batch
+            + d["addresses"] * self.address
+            + d["scanned"] * self.scanned
+            + d["checksums"] * per_csum
+            + d["memcmps"] * self.memcmp
+            + d["merges"] * self.merge
+            + d["kpage_copies"] * self.kpage_copy
+            + d["items_allocated"] * self.item_alloc
+            + d["break_cows"] * self.break_cow
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        """Return the cost table by name."""
+        return asdict(self)
+
+
+class Ksmd:
+    """The ksmd kernel thread on the machine's clock."""
+
+    def __init__(self, machine: Machine, cost: KsmdCost | None = None) -> None:
+        assert machine.ksm is not None
+        self.machine = machine
+        self.ksm: Ksm = machine.ksm
+        self.cost = cost or KsmdCost()
+        self.cpu_ns = 0
+        self.batches = 0
+
+    def batch(self) -> int:
+        """Run one batch if ksmd should run, advance the clock by its CPU time, return that."""
+        ksm = self.ksm
+        if not ksm.ksmd_should_run():
+            return 0
+        before = ksm.work.as_dict()
+        ksm.ksm_do_scan(ksm.ksm_thread_pages_to_scan)
+        spent = self.cost.charge(before, ksm.work, ksm.profile.checksum)
+        self.cpu_ns += spent
+        self.batches += 1
+        self.machine.clock_ns += spent
+        return spent
+
+    def sleep(self) -> None:
+        """Advance the clock by ksmd's sleep between batches."""
+        hz = self.machine.config.hz
+        jiffies = msecs_to_jiffies(self.ksm.ksm_thread_sleep_millisecs, hz)
+        self.machine.clock_ns += jiffies * (1_000_000_000 // hz)
+
+    def run_full_scans(self, n: int) -> bool:
+        """Run batches until ``n`` more passes complete; False if ksmd had nothing to scan."""
+        target = self.ksm.ksm_scan.seqnr + n
+        while self.ksm.ksm_scan.seqnr < target:
+            if not self.ksm.ksmd_should_run():
+                return False
+            self.batch()
+            if self.ksm.ksm_scan.seqnr < target:
+                self.sleep()
+        return True
+
+    def run_for(self, seconds: float) -> None:
+        """Let ksmd run at its tunables for ``seconds`` of simulated time."""
+        end = self.machine.clock_ns + int(seconds * 1_000_000_000)
+        hz = self.machine.config.hz
+        while self.machine.clock_ns < end:
+            if self.ksm.ksmd_should_run():
+                self.batch()
+                self.sleep()
+            else:
+                self.machine.clock_ns += 1_000_000_000 // hz

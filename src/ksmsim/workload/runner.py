@@ -1,0 +1,386 @@
+"""Run a scenario on the model and produce the result document of the scenario format."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from ksmsim import __version__
+from ksmsim.kernel.ksm_sysfs import SysfsError
+from ksmsim.kernel.memory import FaultError
+from ksmsim.kernel.mmap import MmapError
+from ksmsim.kernel.profile import Profile, UnknownProfile, get_profile
+from ksmsim.workload import scenario as sc
+from ksmsim.workload.host import Host, HostError
+
+RESULT_SCHEMA_VERSION: Final = 1
+
+
+class RunError(Exception):
+    """A scenario that cannot run on the model; the message names the action's path.
+
+    ``partial`` holds the result document of what ran before the error, when anything did.
+    """
+
+    def __init__(self, message: str, partial: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.partial = partial
+
+
+@dataclass(slots=True)
+class ExpectFailure:
+    """One expectation that did not hold at a snapshot."""
+
+    label: str
+    key: str
+    expected: int | list[int]
+    actual: int | str | None
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the JSON form."""
+        return {
+            "label": self.label,
+            "counter": self.key,
+            "expected": self.expected,
+            "actual": self.actual,
+        }
+
+    def describe(self) -> str:
+        """Return a one-line description."""
+        return f"{self.label}: {self.key} expected {self.expected}, got {self.actual}"
+
+
+@dataclass(slots=True)
+class RunState:
+    """What a run has produced so far (kept whole even when the run stops with an error)."""
+
+    snapshots: list[dict[str, Any]] = field(default_factory=list)
+    expect_failures: list[ExpectFailure] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    digests: list[dict[str, Any]] = field(default_factory=list)
+
+
+def default_ram_pages(scenario: sc.Scenario) -> int:
+    """Return the format's default RAM: 1 GiB, or the pages the processes map plus 25%."""
+    mapped = {p.name: sum(r.pages for r in p.regions) for p in scenario.processes}
+    for action in scenario.timeline:
+        if isinstance(action, sc.Mmap):
+            names = mapped.keys() if action.proc is sc.ALL else action.proc
+            for name in names:
+                mapped[name] = mapped.get(name, 0) + action.region.pages
+        elif isinstance(action, sc.Fork):
+            mapped[action.child] = mapped.get(action.proc, 0)
+    total = sum(mapped.values())
+    return max(sc.DEFAULT_RAM_PAGES, total + total // 4)
+
+
+def resolve_profile(scenario: sc.Scenario, override: str | None = None) -> Profile:
+    """Return the profile a scenario runs on; raise RunError when it is not modelled."""
+    name = override or scenario.kernel
+    if name is None:
+        try:
+            return get_profile(sc.DEFAULT_KERNEL)
+        except UnknownProfile as exc:
+            raise RunError(
+                f"the scenario names no kernel and the default ({sc.DEFAULT_KERNEL}) is not "
+                f'modelled yet: {exc}; set kernel = "keyhole" or pass --kernel'
+            ) from None
+    try:
+        return get_profile(name)
+    except UnknownProfile as exc:
+        raise RunError(f"kernel: {exc}") from None
+
+
+class ModelRunner:
+    """Executes one scenario's timeline on a Host."""
+
+    def __init__(self, scenario: sc.Scenario, profile: Profile, *, check: bool = False) -> None:
+        self.scenario = scenario
+        self.profile = profile
+        ram = scenario.machine.ram_pages or default_ram_pages(scenario)
+        m = scenario.machine
+        self.host = Host(
+            profile, ram_pages=ram, swap_pages=m.swap_pages, hz=m.hz, cpus=m.cpus, check=check
+        )
+        self.state = RunState()
+        self.op_index = -1
+        self.gone: dict[str, Any] = {}
+        self._handlers: dict[type[Any], Callable[[Any], None]] = {
+            sc.Fill: self._fill,
+            sc.Write: self._write,
+            sc.Read: self._read,
+            sc.Mmap: self._mmap,
+            sc.Munmap: self._munmap,
+            sc.Madvise: self._madvise,
+            sc.Fork: self._fork,
+            sc.Exit: self._exit,
+            sc.Scan: self._scan,
+            sc.Snapshot: self._snapshot_action,
+            sc.UnmergeAll: self._unmerge_all,
+            sc.Set: self._set,
+            sc.Digest: self._digest,
+            sc.Comment: lambda a: None,
+            sc.Run: self._run,
+        }
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def tunables(self) -> dict[str, int]:
+        """Return the tunables the run starts with: the profile's files, format defaults, overrides."""
+        writable = set(self.host.sysfs.writable()) - {"run"}
+        for name in self.scenario.tunables:
+            if name not in writable:
+                raise RunError(
+                    f"tunables.{name}: the {self.profile.name} profile has no such tunable"
+                )
+        out: dict[str, int] = {}
+        for name in sorted(writable):
+            if name in self.scenario.tunables:
+                out[name] = self.scenario.tunables[name]
+            elif name in sc.DEFAULT_TUNABLES:
+                out[name] = sc.DEFAULT_TUNABLES[name]
+            elif name == "max_kernel_pages":
+                out[name] = self.host.machine.zone.present_pages // 4
+        return out
+
+    def check_expectations(self) -> None:
+        """Refuse expectations on counters this profile does not have, before running anything."""
+        have = set(self.host.counters()) | set(self.host.memory())
+        for action in self.scenario.timeline:
+            for exp in (*getattr(action, "expect", ()), *getattr(action, "expect_each", ())):
+                if exp.scope == "proc":
+                    if not self.host.proc_counters() and exp.counter:
+                        raise RunError(
+                            f"{action.path}.expect: the {self.profile.name} profile has no "
+                            f"per-process counters ({exp.key})"
+                        )
+                elif exp.counter not in have:
+                    raise RunError(
+                        f"{action.path}.expect: the {self.profile.name} profile has no counter "
+                        f"{exp.counter!r}"
+                    )
+
+    # -- the run ----------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Run the scenario and return the result document."""
+        start = time.perf_counter()
+        tunables = self.tunables()
+        self.check_expectations()
+        for name, value in tunables.items():
+            self.host.set_tunable(name, value)
+        for proc in self.scenario.processes:
+            self.host.spawn(proc.name)
+            for region in proc.regions:
+                self._map_region(proc.name, region)
+        for index, action in enumerate(self.scenario.timeline):
+            self.op_index = index
+            handler = self._handlers.get(type(action))
+            if handler is None:
+                raise RunError(f"{action.path}: {action.op!r} is not modelled yet")
+            try:
+                handler(action)
+            except (HostError, MmapError, FaultError, SysfsError) as exc:
+                partial = self.result(time.perf_counter() - start, tunables)
+                partial["ok"] = False
+                partial["errors"].append(
+                    {"path": action.path, "kind": "error", "message": str(exc), "fatal": True}
+                )
+                raise RunError(f"{action.path}: {exc}", partial) from None
+        return self.result(time.perf_counter() - start, tunables)
+
+    def result(self, wall: float, tunables: dict[str, int]) -> dict[str, Any]:
+        """Return the result document for what has run so far."""
+        st = self.state
+        fatal = [e for e in st.errors if e.get("fatal")]
+        return {
+            "schema_version": RESULT_SCHEMA_VERSION,
+            "ksmsim_version": __version__,
+            "source": "model",
+            "scenario": self.scenario.name,
+            "kernel": self.profile.name,
+            "tunables": tunables,
+            "machine": {
+                "ram_pages": self.host.machine.zone.present_pages,
+                "swap_pages": self.host.machine.config.swap_pages,
+                "hz": self.host.machine.config.hz,
+                "cpus": self.host.machine.config.cpus,
+            },
+            "processes": {
+                name: {
+                    "regions": {
+                        r.name: {"address": r.address, "pages": r.pages} for r in p.regions.values()
+                    }
+                }
+                for name, p in self._all_procs().items()
+            },
+            "snapshots": st.snapshots,
+            "digests": st.digests,
+            "errors": st.errors,
+            "ok": not st.expect_failures and not fatal,
+            "expect_failures": [f.to_json() for f in st.expect_failures],
+            "ksmd": {
+                "cpu_s": self.host.ksmd.cpu_ns / 1e9,
+                "batches": self.host.ksmd.batches,
+                "work": self.host.ksm.work.as_dict(),
+            },
+            "sim_time_s": self.host.sim_time_s,
+            "wall_time_s": wall,
+        }
+
+    def _all_procs(self) -> dict[str, Any]:
+        return {**self.gone, **self.host.procs}
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _procs(self, sel: sc.Selector) -> list[str]:
+        if sel is sc.ALL:
+            return list(self.host.procs)
+        return list(sel)
+
+    def _regions(self, proc: str, sel: sc.Selector) -> list[str]:
+        if sel is sc.ALL:
+            return list(self.host.proc(proc).regions)
+        return list(sel)
+
+    def _each(self, action: Any) -> Iterable[tuple[str, str]]:
+        for proc in self._procs(action.proc):
+            for region in self._regions(proc, action.region):
+                yield proc, region
+
+    def _map_region(self, proc: str, region: sc.Region) -> None:
+        self.host.mmap(proc, region.name, region.pages, mergeable=region.mergeable, thp=region.thp)
+        if region.fill is not None:
+            self.host.fill(proc, region.name, region.fill, salt=region.salt)
+
+    def snapshot(self, label: str, expect: tuple[sc.Expectation, ...] = ()) -> dict[str, Any]:
+        """Record the counters under ``label`` and check expectations against them."""
+        host = self.host
+        snap = {
+            "label": label,
+            "after_op": self.op_index,
+            "sim_time_s": host.sim_time_s,
+            "global": host.counters(),
+            "procs": host.proc_counters(),
+            "memory": host.memory(),
+        }
+        self.state.snapshots.append(snap)
+        self._check_against(snap, expect)
+        return snap
+
+    # -- actions --------------------------------------------------------------------------------
+    def _fill(self, a: sc.Fill) -> None:
+        for proc, region in self._each(a):
+            self.host.fill(proc, region, a.pattern, start=a.start, count=a.count, salt=a.salt)
+
+    def _write(self, a: sc.Write) -> None:
+        for proc, region in self._each(a):
+            self.host.write(
+                proc,
+                region,
+                a.value,
+                offset=a.offset,
+                start=a.start,
+                count=a.count,
+                stride=a.stride,
+            )
+
+    def _read(self, a: sc.Read) -> None:
+        for proc, region in self._each(a):
+            self.host.read(proc, region, start=a.start, count=a.count)
+
+    def _mmap(self, a: sc.Mmap) -> None:
+        for proc in self._procs(a.proc):
+            self._map_region(proc, a.region)
+
+    def _munmap(self, a: sc.Munmap) -> None:
+        for proc, region in self._each(a):
+            self.host.munmap(proc, region, start=a.start, count=a.count)
+
+    def _madvise(self, a: sc.Madvise) -> None:
+        for proc, region in self._each(a):
+            self.host.madvise(proc, region, a.advice, start=a.start, count=a.count)
+
+    def _fork(self, a: sc.Fork) -> None:
+        self.host.fork(a.proc, a.child)
+
+    def _exit(self, a: sc.Exit) -> None:
+        for proc in self._procs(a.proc):
+            self.gone[proc] = self.host.proc(proc)
+            self.host.exit(proc)
+
+    def _scan(self, a: sc.Scan) -> None:
+        completed = True
+        for n in range(1, a.full_scans + 1):
+            if not self.host.scan(1):
+                completed = False
+                self.state.errors.append(
+                    {
+                        "path": a.path,
+                        "kind": "scan_timeout",
+                        "message": f"ksmd had no mm to scan; {n - 1} of {a.full_scans} full scans ran",
+                        "fatal": not a.allow_timeout,
+                    }
+                )
+                break
+            if a.snapshot_each:
+                self.snapshot(f"{a.label}.{n}", a.expect_each)
+        if a.snapshot and not a.snapshot_each:
+            snap = self.snapshot(a.label, a.expect)
+            snap["timed_out"] = not completed
+        elif a.snapshot and a.expect:
+            # With snapshot_each, `expect` applies to the last snapshot.
+            last = self.state.snapshots[-1]
+            self._check_against(last, a.expect)
+
+    def _check_against(self, snap: dict[str, Any], expect: tuple[sc.Expectation, ...]) -> None:
+        for exp in expect:
+            source = (
+                snap["procs"].get(exp.proc, {})
+                if exp.scope == "proc"
+                else snap["memory" if exp.scope == "memory" else "global"]
+            )
+            actual = source.get(exp.counter)
+            if not isinstance(actual, int) or not exp.lo <= actual <= exp.hi:
+                expected: int | list[int] = exp.lo if exp.lo == exp.hi else [exp.lo, exp.hi]
+                self.state.expect_failures.append(
+                    ExpectFailure(snap["label"], exp.key, expected, actual)
+                )
+
+    def _snapshot_action(self, a: sc.Snapshot) -> None:
+        self.snapshot(a.label, a.expect)
+
+    def _unmerge_all(self, a: sc.UnmergeAll) -> None:
+        self.host.unmerge_all()
+        if a.snapshot:
+            self.snapshot(a.label, a.expect)
+
+    def _set(self, a: sc.Set) -> None:
+        for name, value in a.tunables.items():
+            try:
+                self.host.set_tunable(name, value)
+            except SysfsError as exc:
+                self.state.errors.append(
+                    {"path": a.path, "kind": "sysfs", "message": str(exc), "fatal": False}
+                )
+
+    def _digest(self, a: sc.Digest) -> None:
+        for proc, region in self._each(a):
+            self.state.digests.append(
+                {
+                    "after_op": self.op_index,
+                    "proc": proc,
+                    "region": region,
+                    "sha256": self.host.digest(proc, region),
+                }
+            )
+
+    def _run(self, a: sc.Run) -> None:
+        self.host.run(a.seconds)
+
+
+def run_scenario(
+    scenario: sc.Scenario, *, kernel: str | None = None, check: bool = False
+) -> dict[str, Any]:
+    """Run a scenario on the model and return its result document."""
+    profile = resolve_profile(scenario, kernel)
+    return ModelRunner(scenario, profile, check=check).run()
