@@ -115,8 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         if getattr(args, "func", None) is None:
-            parser.print_help(sys.stderr)
-            return EXIT_USAGE
+            raise UsageError("ksmsim: a command is required (see ksmsim --help)")
         status: int = args.func(args)
         return status
     except UsageError as exc:

@@ -24,6 +24,9 @@ def dup_mm(machine: Machine, oldmm: MmStruct, pid: int, name: str) -> MmStruct:
     mm = MmStruct(machine, pid, name)
     mm.flags = oldmm.flags & MMF_INIT_MASK
     mm.mmap_base = oldmm.mmap_base
+    # dup_mm() copies the whole mm_struct: 6.x's count of KSM zero pages comes along with
+    # the ptes that copy_page_range() copies.
+    mm.ksm_zero_pages = oldmm.ksm_zero_pages
     if machine.ksm is not None:
         machine.ksm.ksm_fork(mm, oldmm)
     for vma in oldmm.mmap:

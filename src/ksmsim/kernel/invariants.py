@@ -14,7 +14,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from ksmsim.kernel.ksm import STABLE_FLAG, UNSTABLE_FLAG, Ksm, RmapItem, StableNode
-from ksmsim.kernel.mm import is_swap_pte, pte_pfn, pte_present, pte_special, pte_write
+from ksmsim.kernel.mm import is_swap_pte, pte_dirty, pte_pfn, pte_present, pte_special, pte_write
 from ksmsim.kernel.page import (
     PAGE_MASK,
     PageKsm,
@@ -105,8 +105,8 @@ def _held_references(machine: Machine) -> Counter[int]:
     pins: Counter[int] = Counter()
     ksm = machine.ksm
     if ksm is not None and ksm.profile.stable_node_pins_page:
-        for node in rb_iter(ksm.root_stable_tree):
-            assert isinstance(node, StableNode) and node.page is not None
+        for node in ksm.stable_nodes():
+            assert node.page is not None
             pins[node.page.pfn] += 1
     return pins
 
@@ -116,11 +116,21 @@ def _node_valid(node: StableNode) -> bool:
     return page is not None and page.mapping is node and page.mapping_flags == 3 and page.count > 0
 
 
+def _tree_key(node: StableNode) -> bytes | None:
+    """Return the contents a tree node stands for (a chain: its first live dup's), if known."""
+    for n in node.dup_nodes() if node.is_chain else (node,):
+        if _node_valid(n):
+            assert n.page is not None
+            return n.page.data
+    return None
+
+
 def check_ksm(ksm: Ksm) -> None:
     """Check KSM's counters against its trees and lists, and the trees' shape and order."""
     validate_rbtree(ksm.root_stable_tree)
     items: list[RmapItem] = []
     per_mm: Counter[int] = Counter()
+    merging: Counter[int] = Counter()
     for slot in ksm.slots():
         mm = slot.mm
         assert mm is not None
@@ -136,6 +146,8 @@ def check_ksm(ksm: Ksm) -> None:
             last = addr
             items.append(item)
             per_mm[mm.pid] += 1
+            if item.address & STABLE_FLAG:
+                merging[mm.pid] += 1
         if per_mm[mm.pid] != mm.ksm_rmap_items:
             _fail(f"{mm.name}: ksm_rmap_items {mm.ksm_rmap_items} but {per_mm[mm.pid]} on its list")
     if len(items) != ksm.ksm_rmap_items:
@@ -144,14 +156,25 @@ def check_ksm(ksm: Ksm) -> None:
     unstable = sum(1 for i in items if i.address & UNSTABLE_FLAG)
     if unstable != ksm.ksm_pages_unshared:
         _fail(f"pages_unshared {ksm.ksm_pages_unshared} but {unstable} unstable items")
-    shared = sharing = 0
-    tree_nodes = set()
-    for node in rb_iter(ksm.root_stable_tree):
-        assert isinstance(node, StableNode)
-        tree_nodes.add(id(node))
+    shared = sharing = chains = dups = 0
+    nodes = set()
+    for top in rb_iter(ksm.root_stable_tree):
+        assert isinstance(top, StableNode)
+        if top.is_dup:
+            _fail("a dup sits in the stable tree itself")
+        if top.is_chain:
+            chains += 1
+            if top.hlist is not None:
+                _fail("a chain has rmap_items of its own")
+            for dup in top.dup_nodes():
+                dups += 1
+                if not dup.is_dup or dup.chain is not top or dup.is_chain:
+                    _fail("a chain's dup does not point back to it")
+    for node in ksm.stable_nodes():
+        nodes.add(id(node))
         members = list(node.items())
-        if len(members) != node.hlist_len:
-            _fail(f"stable node hlist_len {node.hlist_len} but {len(members)} items")
+        if len(members) != node.rmap_hlist_len:
+            _fail(f"stable node rmap_hlist_len {node.rmap_hlist_len} but {len(members)} items")
         if members:
             shared += 1
             sharing += len(members) - 1
@@ -163,32 +186,51 @@ def check_ksm(ksm: Ksm) -> None:
             f"pages_shared/sharing {ksm.ksm_pages_shared}/{ksm.ksm_pages_sharing} but the tree "
             f"has {shared}/{sharing}"
         )
+    if chains != ksm.ksm_stable_node_chains or dups != ksm.ksm_stable_node_dups:
+        _fail(
+            f"stable_node_chains/dups {ksm.ksm_stable_node_chains}/{ksm.ksm_stable_node_dups} "
+            f"but the tree has {chains}/{dups}"
+        )
     if len(stable_items) != shared + sharing:
         _fail(f"{len(stable_items)} stable items but shared+sharing = {shared + sharing}")
     for item in stable_items:
-        if item.head is None or id(item.head) not in tree_nodes:
+        if item.head is None or id(item.head) not in nodes:
             _fail(f"{item!r} is stable but its node is not in the stable tree")
-    # Valid nodes are in memcmp order of their pages' contents.
-    valid = [
-        n for n in rb_iter(ksm.root_stable_tree) if isinstance(n, StableNode) and _node_valid(n)
+    # Tree nodes whose pages are still theirs are in memcmp order of those contents.
+    keys = [
+        k
+        for k in (_tree_key(n) for n in rb_iter(ksm.root_stable_tree) if isinstance(n, StableNode))
+        if k is not None
     ]
-    for a, b in itertools.pairwise(valid):
-        assert a.page is not None and b.page is not None and a.page.data and b.page.data
-        if not a.page.data < b.page.data:
+    for a, b in itertools.pairwise(keys):
+        if not a < b:
             _fail("stable tree out of memcmp order between two live nodes")
-    # Every mapped KSM page's node is in the stable tree.
+    # Every mapped KSM page's node is in the stable tree; KSM zero pages are counted.
     machine = ksm.machine
     zone = machine.zone
+    zero_total = 0
     for mm in machine.tasks.values():
+        zero = 0
         for address, pte in mm.all_ptes():
-            if not pte_present(pte) or pte_special(pte):
+            if not pte_present(pte):
+                continue
+            if pte_special(pte):
+                if pte_dirty(pte):
+                    zero += 1
                 continue
             page = zone.mem_map[pte_pfn(pte)]
             assert page is not None
             if PageKsm(page):
                 node = page_stable_node(page)
-                if node is None or id(node) not in tree_nodes:
+                if node is None or id(node) not in nodes:
                     _fail(f"{mm.name}: KSM page at {address:#x} has no node in the stable tree")
+        if zero != mm.ksm_zero_pages:
+            _fail(f"{mm.name}: ksm_zero_pages {mm.ksm_zero_pages} but {zero} KSM zero ptes")
+        zero_total += zero
+        if mm.pid in per_mm and merging[mm.pid] != mm.ksm_merging_pages:
+            _fail(f"{mm.name}: ksm_merging_pages {mm.ksm_merging_pages} but {merging[mm.pid]}")
+    if zero_total != ksm.ksm_zero_pages:
+        _fail(f"ksm_zero_pages {ksm.ksm_zero_pages} but {zero_total} KSM zero ptes mapped")
 
 
 def check_all(machine: Machine) -> None:

@@ -1,9 +1,11 @@
 """Kernel Samepage Merging: ksmd, the stable and unstable trees, merging and unmerging (mm/ksm.c).
 
-This follows mm/ksm.c at commit 4035c07a ("ksm: take keyhole reference to page"): a stable
-node points at its KSM page without holding a reference, and ``get_ksm_page`` checks through
-``page->mapping`` that the page is still the one the node knew. Where another profile behaves
-differently the code asks the profile for a named feature.
+The seed is mm/ksm.c at commit 4035c07a ("ksm: take keyhole reference to page"): a stable node
+points at its KSM page without holding a reference, and ``get_ksm_page`` checks through
+``page->mapping`` that the page is still the one the node knew. Later kernels' behaviour is
+switched on by named features of the profile (``self.profile``): the in-place upgrade of the
+scanned page, checksum-first ordering, walks that restart at a stale node, stable node chains
+(max_page_sharing), KSM zero pages, smart scan, and the rest listed in profile.py.
 
 The kernel's globals (ksm_run, the counters, the mm list, the cursor) are the attributes of one
 ``Ksm`` object per machine, and each kernel function is a method of the same name.
@@ -17,9 +19,11 @@ from typing import TYPE_CHECKING, Final
 import xxhash
 
 from ksmsim.kernel.jhash import calc_checksum_jhash2
+from ksmsim.kernel.ksm_advisor import KsmAdvisor
 from ksmsim.kernel.memory import (
     VM_FAULT_OOM,
     VM_FAULT_SIGBUS,
+    VM_FAULT_SIGSEGV,
     VM_FAULT_WRITE,
     copy_user_highpage,
     follow_page,
@@ -27,11 +31,14 @@ from ksmsim.kernel.memory import (
 )
 from ksmsim.kernel.mm import (
     _PAGE_ACCESSED,
+    _PAGE_DIRTY,
     _PAGE_PRESENT,
     _PAGE_SPECIAL,
+    MMF_VM_MERGE_ANY,
     MMF_VM_MERGEABLE,
     PTRS_PER_PTE,
     VM_DONTEXPAND,
+    VM_DROPPABLE,
     VM_HUGETLB,
     VM_INSERTPAGE,
     VM_IO,
@@ -46,10 +53,14 @@ from ksmsim.kernel.mm import (
     VM_SHARED,
     MmStruct,
     VmArea,
+    pte_dirty,
+    pte_mkclean,
     pte_write,
     pte_wrprotect,
 )
 from ksmsim.kernel.page import (
+    PAGE_MAPPING_ANON,
+    PAGE_MAPPING_FLAGS,
     PAGE_MASK,
     PAGE_SHIFT,
     PAGE_SIZE,
@@ -58,6 +69,7 @@ from ksmsim.kernel.page import (
     PageKsm,
     PG_dirty,
     PG_mlocked,
+    PG_referenced,
     PG_swapbacked,
     PG_swapcache,
     PG_uptodate,
@@ -69,7 +81,15 @@ from ksmsim.kernel.page import (
     unlock_page,
 )
 from ksmsim.kernel.profile import Profile
-from ksmsim.kernel.rbtree import RbNode, RbRoot, rb_erase, rb_insert_color, rb_link_node
+from ksmsim.kernel.rbtree import (
+    RbNode,
+    RbRoot,
+    rb_erase,
+    rb_insert_color,
+    rb_iter,
+    rb_link_node,
+    rb_replace_node,
+)
 from ksmsim.kernel.rmap import (
     AnonVma,
     page_add_anon_rmap,
@@ -94,11 +114,19 @@ MADV_UNMERGEABLE: Final = 13
 
 EFAULT: Final = 14
 ENOMEM: Final = 12
+EBUSY: Final = 16
 
-# Areas KSM leaves alone: ksm_madvise() ignores MADV_MERGEABLE on them (4035c07a).
-VM_KSM_REFUSED: Final = (
-    VM_MERGEABLE
-    | VM_SHARED
+STABLE_NODE_CHAIN: Final = -1024
+"""rmap_hlist_len of a chain node (any negative value would do; the kernel's choice)."""
+
+SIZEOF_KSM_RMAP_ITEM: Final = 64
+"""sizeof(struct ksm_rmap_item) on 64-bit, as general_profit charges it."""
+
+U8_MAX: Final = 255
+
+# Areas KSM leaves alone: ksm_madvise() ignores MADV_MERGEABLE on them.
+VM_KSM_REFUSED_2009: Final = (
+    VM_SHARED
     | VM_MAYSHARE
     | VM_PFNMAP
     | VM_IO
@@ -110,24 +138,79 @@ VM_KSM_REFUSED: Final = (
     | VM_MIXEDMAP
     | VM_SAO
 )
+VM_KSM_REFUSED_6X: Final = (
+    VM_SHARED
+    | VM_MAYSHARE
+    | VM_PFNMAP
+    | VM_IO
+    | VM_DONTEXPAND
+    | VM_HUGETLB
+    | VM_MIXEDMAP
+    | VM_DROPPABLE
+    | VM_SAO
+)
 
 _ANON_PRESENT_MASK: Final = _PAGE_PRESENT | _PAGE_SPECIAL
+_KSM_ZERO_PTE_BITS: Final = _PAGE_PRESENT | _PAGE_SPECIAL | _PAGE_DIRTY
+
+# ksm_get_folio() locking modes (6.x); the 2009 get_ksm_page() is the NOLOCK one.
+NOLOCK: Final = 0
+LOCK: Final = 1
+TRYLOCK: Final = 2
+
+
+class _Busy:
+    """ERR_PTR(-EBUSY): the page of a node was locked by someone else."""
+
+    __slots__ = ()
+
+
+BUSY: Final = _Busy()
 
 
 class StableNode(RbNode):
-    """A node of the stable tree: one KSM page and the rmap_items mapping it (struct stable_node).
+    """A node of the stable tree (struct stable_node / ksm_stable_node).
 
-    ``page`` is the keyhole pointer (no reference held, unless the profile pins it); ``hlist``
-    is the first rmap_item of the node's hlist, linked through ``hnext``/``hprev``.
+    A regular node (or a dup) has ``page``, the keyhole pointer to its KSM page (no reference
+    held unless the profile pins it), and ``hlist``, the first rmap_item of its hlist, linked
+    through the items' ``hnext``/``hprev``; ``rmap_hlist_len`` counts them. A chain (6.x,
+    ``rmap_hlist_len == STABLE_NODE_CHAIN``) sits in the tree in place of a regular node and
+    holds, in ``dups``, the dups sharing its contents, linked through ``dup_next``/``dup_prev``.
     """
 
-    __slots__ = ("hlist", "hlist_len", "page")
+    __slots__ = (
+        "chain",
+        "chain_prune_time",
+        "dup_next",
+        "dup_prev",
+        "dups",
+        "hlist",
+        "is_dup",
+        "page",
+        "rmap_hlist_len",
+    )
 
-    def __init__(self, page: Page) -> None:
+    def __init__(self, page: Page | None) -> None:
         super().__init__()
         self.page: Page | None = page
         self.hlist: RmapItem | None = None
-        self.hlist_len = 0
+        self.rmap_hlist_len = 0
+        self.is_dup = False
+        self.chain: StableNode | None = None
+        self.dups: StableNode | None = None
+        self.dup_next: StableNode | None = None
+        self.dup_prev: StableNode | None = None
+        self.chain_prune_time = 0
+
+    @property
+    def is_chain(self) -> bool:
+        """Tell whether this is a chain of dups: is_stable_node_chain()."""
+        return self.rmap_hlist_len == STABLE_NODE_CHAIN
+
+    @property
+    def hlist_len(self) -> int:
+        """Return the number of rmap_items on the hlist (0 for a chain)."""
+        return max(self.rmap_hlist_len, 0)
 
     def items(self) -> Iterator[RmapItem]:
         """Yield the rmap_items on this node's hlist, head first."""
@@ -136,19 +219,40 @@ class StableNode(RbNode):
             yield item
             item = item.hnext
 
+    def dup_nodes(self) -> Iterator[StableNode]:
+        """Yield a chain's dups, head first."""
+        dup = self.dups
+        while dup is not None:
+            yield dup
+            dup = dup.dup_next
+
 
 class RmapItem(RbNode):
     """One (mm, virtual address) at which ksmd found an anonymous page (struct rmap_item).
 
     ``address`` carries the kernel's flag bits: the seqnr byte, UNSTABLE_FLAG, STABLE_FLAG.
     ``rmap_list`` is the next item of the mm's address-sorted list. While in the unstable tree
-    the item is itself the red-black node; while stable, ``head`` is its stable node.
+    the item is itself the red-black node; while stable, ``head`` is its stable node. ``age``
+    and ``remaining_skips`` are smart scan's (6.7+).
     """
 
-    __slots__ = ("address", "anon_vma", "head", "hnext", "hprev", "mm", "oldchecksum", "rmap_list")
+    __slots__ = (
+        "address",
+        "age",
+        "anon_vma",
+        "head",
+        "hnext",
+        "hprev",
+        "mm",
+        "oldchecksum",
+        "remaining_skips",
+        "rmap_list",
+    )
 
     def __init__(self, mm: MmStruct, address: int) -> None:
-        super().__init__()
+        # RbNode's fields, set here rather than through super() on this hot path.
+        self.rb_parent = self.rb_left = self.rb_right = None
+        self.rb_red = False
         self.mm: MmStruct = mm
         self.address = address
         self.oldchecksum = 0
@@ -157,6 +261,8 @@ class RmapItem(RbNode):
         self.head: StableNode | None = None
         self.hnext: RmapItem | None = None
         self.hprev: RmapItem | None = None
+        self.age = 0
+        self.remaining_skips = 0
 
     def __repr__(self) -> str:
         flags = ("S" if self.address & STABLE_FLAG else "") + (
@@ -226,6 +332,17 @@ class KsmWork:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
+def skip_age(age: int) -> int:
+    """Return how many passes smart scan skips a page of this age: skip_age() (6.7+)."""
+    if age <= 3:
+        return 1
+    if age <= 5:
+        return 2
+    if age <= 8:
+        return 4
+    return 8
+
+
 class Ksm:
     """The state of mm/ksm.c on one machine, with its functions as methods."""
 
@@ -241,18 +358,33 @@ class Ksm:
         self.ksm_pages_sharing = 0
         self.ksm_pages_unshared = 0
         self.ksm_rmap_items = 0
+        self.ksm_pages_scanned = 0
+        self.ksm_pages_skipped = 0
+        self.ksm_zero_pages = 0
+        self.ksm_stable_node_chains = 0
+        self.ksm_stable_node_dups = 0
         self.ksm_run = KSM_RUN_STOP
         self.ksm_thread_pages_to_scan = 100
         self.ksm_thread_sleep_millisecs = 20
+        self.ksm_max_page_sharing = 256
+        self.ksm_stable_node_chains_prune_millisecs = 2000
+        self.ksm_use_zero_pages = False
+        self.ksm_smart_scan = True
+        self.ksm_merge_across_nodes = 1
         # ksm_init(): a quarter of RAM, where the profile still has the limit.
         self.ksm_max_kernel_pages = (
             machine.zone.present_pages // 4 if profile.has_max_kernel_pages else 0
         )
+        self.refused_vm_flags = VM_KSM_REFUSED_6X if profile.vma_compat_6x else VM_KSM_REFUSED_2009
         self.work = KsmWork()
         self.ksmd_wakeups = 0
+        self._mem_map = machine.zone.mem_map
         self._calc: Callable[[bytes], int] = (
             calc_checksum_jhash2 if profile.checksum == "jhash2" else _calc_checksum_xxhash
         )
+        # ksm_init(): the checksum of an empty page, for use_zero_pages.
+        self.zero_checksum = self._calc(machine.zone.zero_page.data or b"")
+        self.advisor = KsmAdvisor(self)
 
     # -- counters --------------------------------------------------------------------------------
     @property
@@ -265,6 +397,26 @@ class Ksm:
             - self.ksm_pages_unshared
         )
         return max(v, 0)
+
+    @property
+    def general_profit(self) -> int:
+        """Return general_profit: bytes saved less the rmap_items' own cost (6.x)."""
+        saved = (self.ksm_pages_sharing + self.ksm_zero_pages) * PAGE_SIZE
+        return saved - self.ksm_rmap_items * SIZEOF_KSM_RMAP_ITEM
+
+    def ksm_process_profit(self, mm: MmStruct) -> int:
+        """Return a process's profit as /proc/PID/ksm_stat shows it: ksm_process_profit()."""
+        saved = (mm.ksm_merging_pages + mm.ksm_zero_pages) * PAGE_SIZE
+        return saved - mm.ksm_rmap_items * SIZEOF_KSM_RMAP_ITEM
+
+    def ksm_process_mergeable(self, mm: MmStruct) -> bool:
+        """Tell whether any VMA of the mm is mergeable: ksm_process_mergeable()."""
+        return any(vma.vm_flags & VM_MERGEABLE for vma in mm.mmap)
+
+    def jiffies(self) -> int:
+        """Return the machine's clock in jiffies."""
+        hz = self.machine.config.hz
+        return self.machine.clock_ns * hz // 1_000_000_000
 
     # -- small helpers ---------------------------------------------------------------------------
     def calc_checksum(self, page: Page) -> int:
@@ -283,7 +435,7 @@ class Ksm:
         return csum
 
     def hold_anon_vma(self, rmap_item: RmapItem, anon_vma: AnonVma | None) -> None:
-        """Pin the anon_vma a stable item was merged in: hold_anon_vma()."""
+        """Pin the anon_vma a stable item was merged in: hold_anon_vma() / get_anon_vma()."""
         assert anon_vma is not None
         rmap_item.anon_vma = anon_vma
         anon_vma.ksm_refcount += 1
@@ -314,14 +466,52 @@ class Ksm:
         if hook is not None:
             hook(point)
 
+    def find_mergeable_vma(self, mm: MmStruct, addr: int) -> VmArea | None:
+        """Return the mergeable VMA with an anon_vma that covers ``addr``: find_mergeable_vma()."""
+        if mm.mm_users == 0:
+            return None
+        vma = mm.find_vma(addr)
+        if vma is None or vma.vm_start > addr:
+            return None
+        if not vma.vm_flags & VM_MERGEABLE or vma.anon_vma is None:
+            return None
+        return vma
+
+    def ksm_might_unmap_zero_page(self, mm: MmStruct, pte: int) -> None:
+        """Uncount a KSM-placed zero page whose pte is going away: ksm_might_unmap_zero_page().
+
+        KSM marks the zero pages it maps with the dirty bit, which a read fault never sets.
+        """
+        if pte & _KSM_ZERO_PTE_BITS == _KSM_ZERO_PTE_BITS:
+            self.ksm_zero_pages -= 1
+            mm.ksm_zero_pages -= 1
+
     # -- unmerging -------------------------------------------------------------------------------
     def break_ksm(self, vma: VmArea, addr: int) -> int:
-        """Write-fault a KSM page at ``addr`` until it is private again: break_ksm() (4035c07a).
+        """Fault a KSM page at ``addr`` until it is private again: break_ksm().
 
-        Returns 0, or -ENOMEM when the fault ran out of memory.
+        At 4035c07a any page found ends the loop unless it is KSM, which gets a write fault.
+        With the profile's ``unshare_fault`` (6.x) only KSM pages and KSM-placed zero pages are
+        touched, with FAULT_FLAG_UNSHARE. Returns 0, or -ENOMEM when the fault ran out of memory.
         """
         zone = self.machine.zone
+        unshare = self.profile.unshare_fault
         while True:
+            if unshare:
+                pte = vma.vm_mm.pte_get(addr)
+                if not pte & _PAGE_PRESENT:
+                    return 0
+                if pte & _PAGE_SPECIAL:
+                    if pte & _KSM_ZERO_PTE_BITS != _KSM_ZERO_PTE_BITS:
+                        return 0
+                else:
+                    kpage = self._mem_map[pte >> PAGE_SHIFT]
+                    if kpage is None or not PageKsm(kpage):
+                        return 0
+                ret = handle_mm_fault(vma, addr, write=False, unshare=True)
+                if ret & (VM_FAULT_SIGBUS | VM_FAULT_SIGSEGV | VM_FAULT_OOM):
+                    return -ENOMEM if ret & VM_FAULT_OOM else 0
+                continue
             page = follow_page(vma, addr, foll_get=True)
             if page is None:
                 return 0
@@ -334,40 +524,44 @@ class Ksm:
         """Undo a merge at the item's address, dropping its anon_vma pin first: break_cow()."""
         self.work.break_cows += 1
         self.drop_anon_vma(rmap_item)
-        mm = rmap_item.mm
         addr = rmap_item.address & PAGE_MASK
-        if mm.mm_users == 0:
-            return
-        vma = mm.find_vma(addr)
-        if vma is None or vma.vm_start > addr:
-            return
-        if not vma.vm_flags & VM_MERGEABLE or vma.anon_vma is None:
-            return
-        self.break_ksm(vma, addr)
+        vma = self.find_mergeable_vma(rmap_item.mm, addr)
+        if vma is not None:
+            self.break_ksm(vma, addr)
 
     def get_mergeable_page(self, rmap_item: RmapItem) -> Page | None:
-        """Return, with a reference, the anonymous page now at the item's address: get_mergeable_page()."""
+        """Return, with a reference, the anonymous page now at the item's address:
+        get_mergeable_page(), with follow_page() inlined for the tree walk."""
         mm = rmap_item.mm
-        addr = rmap_item.address & PAGE_MASK
         if mm.mm_users == 0:
             return None
-        vma = mm.find_vma(addr)
-        if vma is None or vma.vm_start > addr:
-            return None
+        addr = rmap_item.address & PAGE_MASK
+        vma = mm.mmap_cache
+        if vma is None or not vma.vm_start <= addr < vma.vm_end:
+            vma = mm.find_vma(addr)
+            if vma is None or vma.vm_start > addr:
+                return None
         if not vma.vm_flags & VM_MERGEABLE or vma.anon_vma is None:
             return None
-        page = follow_page(vma, addr, foll_get=True)
-        if page is None:
+        vpn = addr >> PAGE_SHIFT
+        table = mm.pgd.get(vpn >> 9)
+        if table is None:
             return None
-        if PageAnon(page):
-            return page
-        self.machine.zone.put_page(page)
-        return None
+        pte = table[vpn & (PTRS_PER_PTE - 1)]
+        # Not present, a swap entry, or the zero page (which is not anonymous): no page.
+        if pte & _ANON_PRESENT_MASK != _PAGE_PRESENT:
+            return None
+        page = self._mem_map[pte >> PAGE_SHIFT]
+        assert page is not None
+        if not page.mapping_flags & PAGE_MAPPING_ANON:
+            return None
+        page.count += 1
+        return page
 
     # -- the stable tree and the keyhole ------------------------------------------------------------
     def remove_node_from_stable_tree(self, stable_node: StableNode) -> None:
-        """Take a node whose page is gone out of the tree, uncounting all its items:
-        remove_node_from_stable_tree() (4035c07a). The items stay on their mm's list, flagless."""
+        """Take a node whose page is gone out of the tree (or out of its chain), uncounting all
+        its items: remove_node_from_stable_tree(). The items stay on their mm's list, flagless."""
         item = stable_node.hlist
         while item is not None:
             if item.hnext is not None:
@@ -375,17 +569,21 @@ class Ksm:
             else:
                 self.ksm_pages_shared -= 1
             item.mm.ksm_merging_pages -= 1
+            stable_node.rmap_hlist_len -= 1
             self.drop_anon_vma(item)
             item.address &= PAGE_MASK
             item = item.hnext
-        rb_erase(stable_node, self.root_stable_tree)
+        if stable_node.is_dup:
+            self.__stable_node_dup_del(stable_node)
+        else:
+            rb_erase(stable_node, self.root_stable_tree)
         stable_node.hlist = None
-        stable_node.hlist_len = 0
         stable_node.page = None
 
-    def get_ksm_page(self, stable_node: StableNode) -> Page | None:
+    def get_ksm_page(self, stable_node: StableNode, lock: int = NOLOCK) -> Page | _Busy | None:
         """Return the node's page with a reference if it still carries the node's key, else
-        remove the stale node and return None: get_ksm_page() (4035c07a, the keyhole).
+        remove the stale node and return None: get_ksm_page() (4035c07a, the keyhole), with
+        6.x ksm_get_folio()'s locking modes (TRYLOCK may give BUSY).
 
         With a profile whose stable nodes pin their page, the page is always the node's.
         """
@@ -396,14 +594,29 @@ class Ksm:
             return page
         self._preempt("get_ksm_page:read_page")
         # rcu_read_lock(): the struct page stays a struct page, whatever happens to it.
-        if page.mapping is stable_node and page.mapping_flags == 3:
+        if page.mapping is stable_node and page.mapping_flags == PAGE_MAPPING_FLAGS:
             self._preempt("get_ksm_page:before_get_page_unless_zero")
             if get_page_unless_zero(page):
-                if page.mapping is stable_node and page.mapping_flags == 3:
-                    return page
+                if page.mapping is stable_node and page.mapping_flags == PAGE_MAPPING_FLAGS:
+                    if lock == NOLOCK:
+                        return page
+                    if lock == TRYLOCK:
+                        if not trylock_page(page):
+                            self.machine.zone.put_page(page)
+                            return BUSY
+                    else:
+                        self.machine.lock_page(page)
+                    if page.mapping is stable_node:
+                        return page
+                    unlock_page(page)
                 self.machine.zone.put_page(page)
         self.remove_node_from_stable_tree(stable_node)
         return None
+
+    def _get_ksm_page(self, stable_node: StableNode) -> Page | None:
+        page = self.get_ksm_page(stable_node)
+        assert not isinstance(page, _Busy)
+        return page
 
     def remove_rmap_item_from_tree(self, rmap_item: RmapItem) -> None:
         """Take an item out of whichever tree holds it and uncount it: remove_rmap_item_from_tree().
@@ -415,10 +628,17 @@ class Ksm:
         if address & STABLE_FLAG:
             stable_node = rmap_item.head
             assert stable_node is not None
-            page = self.get_ksm_page(stable_node)
-            if page is None:
-                return
-            self.machine.lock_page(page)
+            if self.profile.stable_node_pins_page or not self.profile.checksum_before_stable_tree:
+                page = self._get_ksm_page(stable_node)
+                if page is None:
+                    return
+                self.machine.lock_page(page)
+            else:
+                locked = self.get_ksm_page(stable_node, LOCK)
+                assert not isinstance(locked, _Busy)
+                if locked is None:
+                    return
+                page = locked
             self._hlist_del(rmap_item, stable_node)
             unlock_page(page)
             self.machine.zone.put_page(page)
@@ -427,7 +647,9 @@ class Ksm:
             else:
                 self.ksm_pages_shared -= 1
             rmap_item.mm.ksm_merging_pages -= 1
+            stable_node.rmap_hlist_len -= 1
             self.drop_anon_vma(rmap_item)
+            rmap_item.head = None
             rmap_item.address = address & PAGE_MASK
         elif address & UNSTABLE_FLAG:
             age = (self.ksm_scan.seqnr - address) & 0xFF
@@ -448,7 +670,6 @@ class Ksm:
         if nxt is not None:
             nxt.hprev = prev
         rmap_item.hnext = rmap_item.hprev = None
-        stable_node.hlist_len -= 1
 
     def remove_trailing_rmap_items(self, link: RmapLink) -> None:
         """Remove and free every item after ``link``: remove_trailing_rmap_items()."""
@@ -458,48 +679,303 @@ class Ksm:
             self.remove_rmap_item_from_tree(rmap_item)
             self.free_rmap_item(rmap_item)
 
-    def unmerge_ksm_pages(self, vma: VmArea, start: int, end: int) -> int:
-        """Break every KSM page in ``[start, end)`` of ``vma``: unmerge_ksm_pages()."""
-        mm = vma.vm_mm
-        err = 0
-        addr = start
-        while addr < end and not err:
-            if mm.mm_users == 0:
+    # -- stable node chains (max_page_sharing, 4.13+) ----------------------------------------------
+    def is_page_sharing_candidate(self, stable_node: StableNode, offset: int = 0) -> bool:
+        """Tell whether a node still has a mapping and room for ``offset`` + 1 more:
+        __is_page_sharing_candidate()."""
+        n = stable_node.rmap_hlist_len
+        return n > 0 and n + offset < self.ksm_max_page_sharing
+
+    def stable_node_chain_add_dup(self, dup: StableNode, chain: StableNode) -> None:
+        """Put a node at the head of a chain's dups: stable_node_chain_add_dup()."""
+        dup.is_dup = True
+        dup.chain = chain
+        first = chain.dups
+        dup.dup_prev = None
+        dup.dup_next = first
+        if first is not None:
+            first.dup_prev = dup
+        chain.dups = dup
+        self.ksm_stable_node_dups += 1
+
+    def __stable_node_dup_del(self, dup: StableNode) -> None:
+        """Unlink a dup from its chain: __stable_node_dup_del()."""
+        chain = dup.chain
+        assert chain is not None
+        if dup.dup_prev is None:
+            chain.dups = dup.dup_next
+        else:
+            dup.dup_prev.dup_next = dup.dup_next
+        if dup.dup_next is not None:
+            dup.dup_next.dup_prev = dup.dup_prev
+        dup.dup_next = dup.dup_prev = None
+        dup.is_dup = False
+        dup.chain = None
+        self.ksm_stable_node_dups -= 1
+
+    def alloc_stable_node_chain(self, dup: StableNode) -> StableNode:
+        """Replace a regular node in the tree by a chain holding it as its first dup:
+        alloc_stable_node_chain()."""
+        chain = StableNode(None)
+        chain.rmap_hlist_len = STABLE_NODE_CHAIN
+        chain.chain_prune_time = self.jiffies()
+        self.ksm_stable_node_chains += 1
+        rb_replace_node(dup, chain, self.root_stable_tree)
+        self.stable_node_chain_add_dup(dup, chain)
+        return chain
+
+    def free_stable_node_chain(self, chain: StableNode) -> None:
+        """Erase an empty chain from the tree: free_stable_node_chain()."""
+        rb_erase(chain, self.root_stable_tree)
+        self.ksm_stable_node_chains -= 1
+
+    def stable_node_dup(
+        self, chain: StableNode, prune: bool
+    ) -> tuple[Page | None, StableNode | None, StableNode | None]:
+        """Pick a chain's best dup to share, pruning stale dups: stable_node_dup() (6.x).
+
+        Returns (its page with a reference, the dup, the node now at the chain's place in the
+        tree): a chain left with one dup collapses into it; a chain left with none is freed.
+        """
+        jiffies = self.jiffies()
+        prune_after = _msecs_to_jiffies(
+            self.ksm_stable_node_chains_prune_millisecs, self.machine.config.hz
+        )
+        if not prune or jiffies < chain.chain_prune_time + prune_after:
+            prune = False
+        else:
+            chain.chain_prune_time = jiffies
+        zone = self.machine.zone
+        found: StableNode | None = None
+        found_len = 0
+        tree_page: Page | None = None
+        dup = chain.dups
+        while dup is not None:
+            nxt = dup.dup_next
+            page = self._get_ksm_page(dup)
+            if page is not None:
+                if found is None or (
+                    self.is_page_sharing_candidate(dup)
+                    and (
+                        not self.is_page_sharing_candidate(found) or dup.rmap_hlist_len > found_len
+                    )
+                ):
+                    if tree_page is not None:
+                        zone.put_page(tree_page)
+                    found = dup
+                    found_len = dup.rmap_hlist_len
+                    tree_page = page
+                    if not prune and self.is_page_sharing_candidate(found):
+                        break
+                else:
+                    zone.put_page(page)
+            dup = nxt
+        if found is None:
+            self.free_stable_node_chain(chain)
+            return None, None, None
+        if chain.dups is found and found.dup_next is None:
+            # Only one dup left, below the limit: the chain is dropped.
+            rb_replace_node(chain, found, self.root_stable_tree)
+            found.is_dup = False
+            found.chain = None
+            chain.dups = None
+            self.ksm_stable_node_chains -= 1
+            self.ksm_stable_node_dups -= 1
+            return tree_page, found, found
+        if chain.dups is not found and self.is_page_sharing_candidate(found, 1):
+            # Move it to the head so the next search finds it first.
+            self.__stable_node_dup_del(found)
+            self.stable_node_chain_add_dup(found, chain)
+        return tree_page, found, chain
+
+    def __stable_node_chain(
+        self, stable_node: StableNode, prune: bool
+    ) -> tuple[Page | None, StableNode | None, StableNode | None]:
+        """Return (page, dup, node in the tree) for a tree node, chain or not:
+        __stable_node_chain() (6.x)."""
+        if stable_node.rmap_hlist_len != STABLE_NODE_CHAIN:
+            page = self._get_ksm_page(stable_node)
+            return page, stable_node, stable_node
+        return self.stable_node_dup(stable_node, prune)
+
+    # -- stable tree search, insert and append -----------------------------------------------------
+    def stable_tree_search(self, page: Page) -> Page | _Busy | None:
+        """Find the KSM page equal to ``page``, with a reference on it: stable_tree_search().
+
+        At 4035c07a a stale node met on the way ends the search; with the profile's
+        ``stale_node_restarts_walk`` the walk starts again from the root. With chains, a match
+        whose every dup is full is no match (the page goes on to the unstable tree).
+        """
+        page_node = page_stable_node(page)
+        if page_node is not None:  # ksm page forked
+            get_page(page)
+            return page
+        data = page.data
+        assert data is not None
+        work = self.work
+        zone = self.machine.zone
+        root = self.root_stable_tree
+        chains = self.profile.stable_node_chains
+        while True:
+            node = root.rb_node
+            restart = False
+            while node is not None:
+                assert isinstance(node, StableNode)
+                if chains:
+                    tree_page, dup, tree_node = self.__stable_node_chain(node, prune=True)
+                else:
+                    tree_page, dup, tree_node = self._get_ksm_page(node), node, node
+                if tree_page is None:
+                    if self.profile.stale_node_restarts_walk:
+                        restart = True
+                        break
+                    return None
+                assert tree_node is not None and dup is not None
+                work.memcmps += 1
+                tree_data = tree_page.data
+                if data == tree_data:
+                    if not chains:
+                        return tree_page
+                    zone.put_page(tree_page)
+                    if not self.is_page_sharing_candidate(dup):
+                        return None
+                    locked = self.get_ksm_page(dup, TRYLOCK)
+                    if locked is BUSY:
+                        return BUSY
+                    if locked is None:
+                        restart = True
+                        break
+                    assert isinstance(locked, Page)
+                    unlock_page(locked)
+                    return locked
+                assert tree_data is not None
+                zone.put_page(tree_page)
+                node = tree_node.rb_left if data < tree_data else tree_node.rb_right
+            if not restart:
+                return None
+
+    def stable_tree_insert(self, kpage: Page) -> StableNode | None:
+        """Insert a new node for ``kpage``: stable_tree_insert().
+
+        At 4035c07a a stale node met or an equal page found makes the insert fail; with the
+        profile's features the walk restarts at stale nodes and an equal page gets the new node
+        added as a dup to its chain.
+        """
+        root = self.root_stable_tree
+        data = kpage.data
+        assert data is not None
+        zone = self.machine.zone
+        chains = self.profile.stable_node_chains
+        while True:
+            parent: StableNode | None = None
+            left = False
+            need_chain = False
+            restart = False
+            node = root.rb_node
+            while node is not None:
+                assert isinstance(node, StableNode)
+                if chains:
+                    tree_page, _dup, tree_node = self.__stable_node_chain(node, prune=False)
+                else:
+                    tree_page, tree_node = self._get_ksm_page(node), node
+                if tree_page is None:
+                    if self.profile.stale_node_restarts_walk:
+                        restart = True
+                        break
+                    return None
+                assert tree_node is not None
+                self.work.memcmps += 1
+                tree_data = tree_page.data
+                zone.put_page(tree_page)
+                assert tree_data is not None
+                parent = tree_node
+                if data == tree_data:
+                    if not chains:
+                        # Not a bug: our page was not write-protected when the search missed it.
+                        return None
+                    need_chain = True
+                    break
+                left = data < tree_data
+                node = tree_node.rb_left if left else tree_node.rb_right
+            if not restart:
                 break
-            err = self.break_ksm(vma, addr)
-            addr += PAGE_SIZE
+        stable_node = StableNode(kpage)
+        if not need_chain:
+            rb_link_node(stable_node, parent, left, root)
+            rb_insert_color(stable_node, root)
+        else:
+            assert parent is not None
+            chain = parent
+            if not chain.is_chain:
+                chain = self.alloc_stable_node_chain(parent)
+            self.stable_node_chain_add_dup(stable_node, chain)
+        if self.profile.stable_node_pins_page:
+            get_page(kpage)
+        set_page_stable_node(kpage, stable_node)
+        return stable_node
+
+    def stable_tree_append(self, rmap_item: RmapItem, stable_node: StableNode) -> None:
+        """Add an item at the head of a node's hlist and count it: stable_tree_append()."""
+        stable_node.rmap_hlist_len += 1
+        rmap_item.head = stable_node
+        rmap_item.address |= STABLE_FLAG
+        first = stable_node.hlist
+        rmap_item.hnext = first
+        rmap_item.hprev = None
+        if first is not None:
+            first.hprev = rmap_item
+            self.ksm_pages_sharing += 1
+        else:
+            self.ksm_pages_shared += 1
+        stable_node.hlist = rmap_item
+        rmap_item.mm.ksm_merging_pages += 1
+
+    def remove_stable_node(self, stable_node: StableNode) -> int:
+        """Remove a node whose page is no longer mapped; -EBUSY if it still is:
+        remove_stable_node() (6.x, for run=2 and the tunables that need an empty tree)."""
+        page = self.get_ksm_page(stable_node, LOCK)
+        if page is None:
+            return 0
+        assert isinstance(page, Page)
+        err = -EBUSY
+        if not page.mapcount:
+            set_page_stable_node(page, None)
+            self.remove_node_from_stable_tree(stable_node)
+            err = 0
+        unlock_page(page)
+        self.machine.zone.put_page(page)
         return err
 
-    def unmerge_and_remove_all_rmap_items(self) -> int:
-        """Unmerge every mergeable area and free every rmap_item (``run=2``):
-        unmerge_and_remove_all_rmap_items() (4035c07a). Registered mms stay registered."""
-        head = self.ksm_mm_head
-        scan = self.ksm_scan
-        scan.mm_slot = head.mm_next
-        while scan.mm_slot is not head:
-            mm_slot = scan.mm_slot
-            mm = mm_slot.mm
-            assert mm is not None
-            for vma in list(mm.mmap):
-                if mm.mm_users == 0:
-                    break
-                if not vma.vm_flags & VM_MERGEABLE or vma.anon_vma is None:
-                    continue
-                err = self.unmerge_ksm_pages(vma, vma.vm_start, vma.vm_end)
-                if err:
-                    scan.mm_slot = head
-                    return err
-            self.remove_trailing_rmap_items(mm_slot)
-            scan.mm_slot = mm_slot.mm_next
-            if mm.mm_users == 0:
-                self._remove_mm_slot(mm_slot)
-        scan.seqnr = 0
-        return 0
+    def remove_all_stable_nodes(self) -> int:
+        """Remove every stable node (and chain) whose page is unmapped: remove_all_stable_nodes()."""
+        root = self.root_stable_tree
+        err = 0
+        while root.rb_node is not None:
+            node = root.rb_node
+            assert isinstance(node, StableNode)
+            if node.is_chain:
+                busy = False
+                dup = node.dups
+                while dup is not None:
+                    nxt = dup.dup_next
+                    if self.remove_stable_node(dup):
+                        busy = True
+                        break
+                    dup = nxt
+                if not busy:
+                    self.free_stable_node_chain(node)
+            else:
+                busy = bool(self.remove_stable_node(node))
+            if busy:
+                err = -EBUSY
+                break
+        return err
 
     # -- merging -------------------------------------------------------------------------------
     def write_protect_page(self, vma: VmArea, page: Page) -> int:
         """Make the page's pte read-only if nobody else holds a reference, and return the pte
-        (0 on failure): write_protect_page() (4035c07a)."""
+        (0 on failure): write_protect_page(). With ``write_protect_dirty_ptes`` (6.x) a dirty
+        read-only pte is checked too, and the pte is left clean."""
         mm = vma.vm_mm
         addr = page_address_in_vma(page, vma)
         if addr == -1:
@@ -507,7 +983,8 @@ class Ksm:
         pte = page_check_address(page, mm, addr)
         if not pte:
             return 0
-        if pte_write(pte):
+        six = self.profile.write_protect_dirty_ptes
+        if pte_write(pte) or (six and pte_dirty(pte)):
             swapped = 1 if page.flags & PG_swapcache else 0
             # Clear the pte first so no get_user_pages_fast can take a reference meanwhile.
             mm.set_pte_at(addr, 0)
@@ -515,34 +992,49 @@ class Ksm:
             if page.mapcount + 1 + swapped != page.count:
                 mm.set_pte_at(addr, pte)
                 return 0
+            if six:
+                if pte_dirty(pte):
+                    page.flags |= PG_dirty
+                pte = pte_mkclean(pte)
             pte = pte_wrprotect(pte)
             mm.set_pte_at(addr, pte)
         return pte
 
     def replace_page(self, vma: VmArea, page: Page, kpage: Page, orig_pte: int) -> int:
-        """Point the pte that maps ``page`` at ``kpage`` instead: replace_page() (4035c07a)."""
+        """Point the pte that maps ``page`` at ``kpage`` instead: replace_page().
+
+        ``kpage`` may be the shared zero page (use_zero_pages): its pte is then special and
+        marked dirty, and the mm's KSM zero pages are counted.
+        """
         mm = vma.vm_mm
+        machine = self.machine
         addr = page_address_in_vma(page, vma)
         if addr == -1:
             return -EFAULT
         if mm.pte_get(addr) != orig_pte:
             return -EFAULT
-        get_page(kpage)
-        page_add_anon_rmap(kpage, vma, addr)
-        # mk_pte(kpage, vma->vm_page_prot): a private mapping's protection is read-only.
-        mm.set_pte_at(addr, (kpage.pfn << PAGE_SHIFT) | _PAGE_PRESENT | _PAGE_ACCESSED)
-        machine = self.machine
+        if kpage is machine.zone.zero_page:
+            mm.set_pte_at(addr, (kpage.pfn << PAGE_SHIFT) | _KSM_ZERO_PTE_BITS | _PAGE_ACCESSED)
+            self.ksm_zero_pages += 1
+            mm.ksm_zero_pages += 1
+            mm.anon_rss -= 1
+        else:
+            get_page(kpage)
+            page_add_anon_rmap(kpage, vma, addr)
+            # mk_pte(kpage, vma->vm_page_prot): a private mapping's protection is read-only.
+            mm.set_pte_at(addr, (kpage.pfn << PAGE_SHIFT) | _PAGE_PRESENT | _PAGE_ACCESSED)
         page_remove_rmap(page, machine)
         machine.zone.put_page(page)
         self.work.merges += 1
         return 0
 
-    def try_to_merge_one_page(self, vma: VmArea, page: Page, kpage: Page) -> int:
-        """Write-protect ``page`` and, if it still equals ``kpage``, map ``kpage`` in its place:
-        try_to_merge_one_page() (4035c07a). Returns 0 or -EFAULT."""
+    def try_to_merge_one_page(self, vma: VmArea, page: Page, kpage: Page | None) -> int:
+        """Write-protect ``page`` and map ``kpage`` in its place if they are still equal, or
+        with ``kpage`` None upgrade ``page`` itself into a KSM page with no node yet:
+        try_to_merge_one_page(). Returns 0 or -EFAULT."""
         if page is kpage:  # ksm page forked
             return 0
-        if not vma.vm_flags & VM_MERGEABLE:
+        if not self.profile.find_mergeable_vma and not vma.vm_flags & VM_MERGEABLE:
             return -EFAULT
         if not PageAnon(page):
             return -EFAULT
@@ -552,35 +1044,72 @@ class Ksm:
         err = -EFAULT
         orig_pte = self.write_protect_page(vma, page)
         if orig_pte:
-            self.work.memcmps += 1
-            if page.data == kpage.data:
-                err = self.replace_page(vma, page, kpage, orig_pte)
-        if vma.vm_flags & VM_LOCKED and not err:
+            if kpage is None:
+                # Upgrade in place while the page is locked; stable_tree_insert sets the node.
+                set_page_stable_node(page, None)
+                page.flags |= PG_referenced | PG_dirty
+                self.work.merges += 1
+                err = 0
+            else:
+                self.work.memcmps += 1
+                if page.data == kpage.data:
+                    err = self.replace_page(vma, page, kpage, orig_pte)
+        if vma.vm_flags & VM_LOCKED and not err and kpage is not None:
             page.flags &= ~PG_mlocked
             kpage.flags |= PG_mlocked
         unlock_page(page)
         return err
 
-    def try_to_merge_with_ksm_page(self, rmap_item: RmapItem, page: Page, kpage: Page) -> int:
-        """Merge the item's page into an existing KSM page: try_to_merge_with_ksm_page()."""
+    def try_to_merge_with_zero_page(self, rmap_item: RmapItem, page: Page) -> int:
+        """Map the shared zero page in place of an empty page, when use_zero_pages is set:
+        try_to_merge_with_zero_page() (6.x). Returns 0 when merged or no longer a candidate."""
+        if not (self.ksm_use_zero_pages and rmap_item.oldchecksum == self.zero_checksum):
+            return -EFAULT
+        vma = self.find_mergeable_vma(rmap_item.mm, rmap_item.address & PAGE_MASK)
+        if vma is None:
+            return 0
+        return self.try_to_merge_one_page(vma, page, self.machine.zone.zero_page)
+
+    def try_to_merge_with_ksm_page(
+        self, rmap_item: RmapItem, page: Page, kpage: Page | None
+    ) -> int:
+        """Merge the item's page into an existing KSM page (or, with None, upgrade it in
+        place): try_to_merge_with_ksm_page()."""
         mm = rmap_item.mm
         addr = rmap_item.address & PAGE_MASK
-        if mm.mm_users == 0:
-            return -EFAULT
-        vma = mm.find_vma(addr)
-        if vma is None or vma.vm_start > addr:
-            return -EFAULT
+        if self.profile.find_mergeable_vma:
+            vma = self.find_mergeable_vma(mm, addr)
+            if vma is None:
+                return -EFAULT
+        else:
+            if mm.mm_users == 0:
+                return -EFAULT
+            found = mm.find_vma(addr)
+            if found is None or found.vm_start > addr:
+                return -EFAULT
+            vma = found
         err = self.try_to_merge_one_page(vma, page, kpage)
         if err:
             return err
+        if self.profile.find_mergeable_vma:
+            # The unstable tree's data shares the anon_vma's place in the kernel: remove first.
+            self.remove_rmap_item_from_tree(rmap_item)
         self.hold_anon_vma(rmap_item, vma.anon_vma)
         return 0
 
     def try_to_merge_two_pages(
         self, rmap_item: RmapItem, page: Page, tree_rmap_item: RmapItem, tree_page: Page
     ) -> Page | None:
-        """Copy ``page`` into a new KSM page and map it at both addresses, or undo:
-        try_to_merge_two_pages() (4035c07a, which still allocates the KSM page)."""
+        """Make two equal pages one KSM page mapped at both addresses, or undo:
+        try_to_merge_two_pages(). At 4035c07a the contents are copied into a new KSM page;
+        later kernels upgrade the scanned page in place."""
+        if not self.profile.merge_allocates_kpage:
+            err = self.try_to_merge_with_ksm_page(rmap_item, page, None)
+            if not err:
+                err = self.try_to_merge_with_ksm_page(tree_rmap_item, tree_page, page)
+                if err:
+                    self.break_cow(rmap_item)
+            return None if err else page
         if self.ksm_max_kernel_pages and self.ksm_max_kernel_pages <= self.ksm_pages_shared:
             return None
         machine = self.machine
@@ -611,69 +1140,11 @@ class Ksm:
             return None
         return kpage
 
-    def stable_tree_search(self, page: Page) -> StableNode | None:
-        """Find the stable node whose page equals ``page``, taking a reference on that page:
-        stable_tree_search() (4035c07a). A stale node met on the way ends the search."""
-        stable_node = page_stable_node(page)
-        if stable_node is not None:  # ksm page forked
-            get_page(page)
-            return stable_node  # type: ignore[no-any-return]
-        data = page.data
-        work = self.work
-        zone = self.machine.zone
-        node = self.root_stable_tree.rb_node
-        while node is not None:
-            assert isinstance(node, StableNode)
-            tree_page = self.get_ksm_page(node)
-            if tree_page is None:
-                return None
-            work.memcmps += 1
-            tree_data = tree_page.data
-            if data == tree_data:
-                return node
-            assert data is not None and tree_data is not None
-            zone.put_page(tree_page)
-            node = node.rb_left if data < tree_data else node.rb_right
-        return None
-
-    def stable_tree_insert(self, kpage: Page) -> StableNode | None:
-        """Insert a new node for ``kpage``, or return None on meeting a stale node or an equal
-        page: stable_tree_insert() (4035c07a)."""
-        root = self.root_stable_tree
-        data = kpage.data
-        assert data is not None
-        zone = self.machine.zone
-        parent: RbNode | None = None
-        left = False
-        node = root.rb_node
-        while node is not None:
-            assert isinstance(node, StableNode)
-            tree_page = self.get_ksm_page(node)
-            if tree_page is None:
-                return None
-            self.work.memcmps += 1
-            tree_data = tree_page.data
-            zone.put_page(tree_page)
-            assert tree_data is not None
-            if data == tree_data:
-                # Not a bug: our page was not write-protected when the search missed this.
-                return None
-            parent = node
-            left = data < tree_data
-            node = node.rb_left if left else node.rb_right
-        stable_node = StableNode(kpage)
-        rb_link_node(stable_node, parent, left, root)
-        rb_insert_color(stable_node, root)
-        if self.profile.stable_node_pins_page:
-            get_page(kpage)
-        set_page_stable_node(kpage, stable_node)
-        return stable_node
-
     def unstable_tree_search_insert(
         self, rmap_item: RmapItem, page: Page
     ) -> tuple[RmapItem, Page] | None:
         """Find an unstable item whose page now equals ``page`` (returning it and its page, with
-        a reference), or insert ``rmap_item``: unstable_tree_search_insert() (4035c07a).
+        a reference), or insert ``rmap_item``: unstable_tree_search_insert().
 
         Contents are read live at each comparison, so a tree whose pages changed is walked as
         the kernel walks it. A vanished page, or the very same page, ends the search unlinked.
@@ -709,55 +1180,66 @@ class Ksm:
         self.ksm_pages_unshared += 1
         return None
 
-    def stable_tree_append(self, rmap_item: RmapItem, stable_node: StableNode) -> None:
-        """Add an item at the head of a node's hlist and count it: stable_tree_append()."""
-        rmap_item.head = stable_node
-        rmap_item.address |= STABLE_FLAG
-        first = stable_node.hlist
-        rmap_item.hnext = first
-        rmap_item.hprev = None
-        if first is not None:
-            first.hprev = rmap_item
-            self.ksm_pages_sharing += 1
-        else:
-            self.ksm_pages_shared += 1
-        stable_node.hlist = rmap_item
-        stable_node.hlist_len += 1
-        rmap_item.mm.ksm_merging_pages += 1
-
     def cmp_and_merge_page(self, page: Page, rmap_item: RmapItem) -> None:
         """Merge the scanned page into the stable tree, or via the unstable tree into a new KSM
-        page, or leave it volatile: cmp_and_merge_page() (4035c07a), in the kernel's order."""
+        page, or leave it volatile: cmp_and_merge_page(), in the kernel's order.
+
+        At 4035c07a the stable tree is searched first and the checksum only then; 6.11+
+        (``checksum_before_stable_tree``) tests the checksum first, tries the zero page, and
+        skips a KSM page already on its item's node here rather than in ksm_do_scan().
+        """
         machine = self.machine
         zone = machine.zone
-        self.remove_rmap_item_from_tree(rmap_item)
-
-        stable_node = self.stable_tree_search(page)
-        if stable_node is not None:
-            kpage = stable_node.page
-            assert kpage is not None
+        if self.profile.checksum_before_stable_tree:
+            stable_node = page_stable_node(page)
+            if stable_node is not None:
+                if rmap_item.head is stable_node:
+                    return
+            else:
+                self.remove_rmap_item_from_tree(rmap_item)
+                # A page whose checksum changed since the last visit is changing too often to
+                # be worth searching for.
+                checksum = self.calc_checksum(page)
+                if rmap_item.oldchecksum != checksum:
+                    rmap_item.oldchecksum = checksum
+                    return
+                if not self.try_to_merge_with_zero_page(rmap_item, page):
+                    return
+            found = self.stable_tree_search(page)
+            if found is page and rmap_item.head is stable_node:
+                zone.put_page(page)
+                return
+            self.remove_rmap_item_from_tree(rmap_item)
+        else:
+            self.remove_rmap_item_from_tree(rmap_item)
+            found = self.stable_tree_search(page)
+        if found is BUSY:
+            return
+        if found is not None:
+            assert isinstance(found, Page)
+            kpage = found
             err = self.try_to_merge_with_ksm_page(rmap_item, page, kpage)
             if not err:
                 machine.lock_page(kpage)
-                self.stable_tree_append(rmap_item, stable_node)
+                node = page_stable_node(kpage)
+                assert isinstance(node, StableNode)
+                self.stable_tree_append(rmap_item, node)
                 unlock_page(kpage)
             zone.put_page(kpage)
             return
-        if self.profile.break_ksm_page_after_failed_search and PageKsm(page):
-            self.break_cow(rmap_item)
-            return
+        if not self.profile.checksum_before_stable_tree:
+            if self.profile.break_ksm_page_after_failed_search and PageKsm(page):
+                self.break_cow(rmap_item)
+                return
+            checksum = self.calc_checksum(page)
+            if rmap_item.oldchecksum != checksum:
+                rmap_item.oldchecksum = checksum
+                return
 
-        # A page whose checksum changed since the last visit is changing too often to be
-        # worth a place in the unstable tree.
-        checksum = self.calc_checksum(page)
-        if rmap_item.oldchecksum != checksum:
-            rmap_item.oldchecksum = checksum
+        match = self.unstable_tree_search_insert(rmap_item, page)
+        if match is None:
             return
-
-        found = self.unstable_tree_search_insert(rmap_item, page)
-        if found is None:
-            return
-        tree_rmap_item, tree_page = found
+        tree_rmap_item, tree_page = match
         kpage_or_none = self.try_to_merge_two_pages(rmap_item, page, tree_rmap_item, tree_page)
         zone.put_page(tree_page)
         if kpage_or_none is None:
@@ -771,7 +1253,8 @@ class Ksm:
             self.stable_tree_append(tree_rmap_item, new_node)
             self.stable_tree_append(rmap_item, new_node)
         unlock_page(kpage)
-        zone.put_page(kpage)
+        if self.profile.merge_allocates_kpage:
+            zone.put_page(kpage)  # the allocation's reference
         if new_node is None:
             # Two ptes now map a KSM page that no tree knows of: undo both.
             self.break_cow(tree_rmap_item)
@@ -799,8 +1282,26 @@ class Ksm:
         link.rmap_list = rmap_item
         return rmap_item
 
+    def should_skip_rmap_item(self, page: Page, rmap_item: RmapItem) -> bool:
+        """Tell whether smart scan skips this page in this pass, aging its item:
+        should_skip_rmap_item() (6.7+)."""
+        if not self.ksm_smart_scan or page.mapping_flags == PAGE_MAPPING_FLAGS:
+            return False
+        age = rmap_item.age
+        if age != U8_MAX:
+            rmap_item.age = age + 1
+        if age < 3:
+            return False
+        if not rmap_item.remaining_skips:
+            rmap_item.remaining_skips = skip_age(age)
+            return False
+        self.ksm_pages_skipped += 1
+        rmap_item.remaining_skips -= 1
+        self.remove_rmap_item_from_tree(rmap_item)
+        return True
+
     def _remove_mm_slot(self, mm_slot: MmSlot) -> None:
-        """Unlink and free a slot, clear the mm's flag and drop its mm_count reference."""
+        """Unlink and free a slot, clear the mm's flags and drop its mm_count reference."""
         mm = mm_slot.mm
         assert mm is not None
         del self.mm_slots[mm]
@@ -808,6 +1309,8 @@ class Ksm:
         mm_slot.mm_next.mm_prev = mm_slot.mm_prev
         mm_slot.mm_next = mm_slot.mm_prev = mm_slot
         mm.flags &= ~MMF_VM_MERGEABLE
+        if self.profile.merge_any:
+            mm.flags &= ~MMF_VM_MERGE_ANY
         mm.mm_count -= 1
 
     def _scan_mm(self, mm: MmStruct, mm_slot: MmSlot) -> tuple[RmapItem, Page] | None:
@@ -819,11 +1322,11 @@ class Ksm:
         vma = mm.find_vma(scan.address)
         if vma is None:
             return None
-        zone = self.machine.zone
-        mem_map = zone.mem_map
+        mem_map = self._mem_map
         pgd = mm.pgd
         vmas = mm.mmap
-        for i in range(vmas.index(vma), len(vmas)):
+        smart = self.profile.smart_scan
+        for i in range(mm.vma_index(vma), len(vmas)):
             vma = vmas[i]
             if not vma.vm_flags & VM_MERGEABLE:
                 continue
@@ -848,10 +1351,19 @@ class Ksm:
                 if pte & _ANON_PRESENT_MASK == _PAGE_PRESENT:
                     page = mem_map[pte >> PAGE_SHIFT]
                     assert page is not None
-                    if page.mapping_flags & 1:
+                    if page.mapping_flags & PAGE_MAPPING_ANON:
                         page.count += 1
-                        rmap_item = self.get_next_rmap_item(mm_slot, scan.rmap_list, scan.address)
+                        # get_next_rmap_item(), whose common case (the item is next) is inline.
+                        rmap_item = scan.rmap_list.rmap_list
+                        if rmap_item is None or rmap_item.address & PAGE_MASK != scan.address:
+                            rmap_item = self.get_next_rmap_item(
+                                mm_slot, scan.rmap_list, scan.address
+                            )
                         scan.rmap_list = rmap_item
+                        if smart and self.should_skip_rmap_item(page, rmap_item):
+                            page.count -= 1
+                            scan.address += PAGE_SIZE
+                            continue
                         scan.address += PAGE_SIZE
                         return rmap_item, page
                 scan.address += PAGE_SIZE
@@ -860,22 +1372,26 @@ class Ksm:
     def scan_get_next_rmap_item(self) -> tuple[RmapItem, Page] | None:
         """Advance ksmd's cursor to the next anonymous page of a mergeable area and return its
         item and the page (with a reference), or None at the end of a pass or with no mm:
-        scan_get_next_rmap_item() (4035c07a)."""
+        scan_get_next_rmap_item()."""
         head = self.ksm_mm_head
         if head.mm_next is head:
             return None
         scan = self.ksm_scan
         slot = scan.mm_slot
         if slot is head:
+            if self.profile.advisor:
+                self.advisor.advisor_start_scan()
             self.root_unstable_tree.rb_node = None
             slot = head.mm_next
             scan.mm_slot = slot
             scan.address = 0
             scan.rmap_list = slot
+        machine = self.machine
         while True:
             mm = slot.mm
             assert mm is not None
-            self._preempt("scan_get_next_rmap_item:mmap_sem")
+            if machine.preempt is not None:
+                machine.preempt("scan_get_next_rmap_item:mmap_sem")
             found = self._scan_mm(mm, slot)
             if found is not None:
                 return found
@@ -893,29 +1409,89 @@ class Ksm:
                 break
             scan.address = 0
             scan.rmap_list = slot
+        if self.profile.advisor:
+            self.advisor.advisor_stop_scan()
         scan.seqnr += 1
         return None
 
     def ksm_do_scan(self, scan_npages: int) -> None:
-        """Scan up to ``scan_npages`` pages, ending early at the end of a pass: ksm_do_scan()."""
-        zone = self.machine.zone
+        """Scan up to ``scan_npages`` pages, ending early at the end of a pass: ksm_do_scan().
+
+        At 4035c07a a KSM page whose item is already stable is skipped here; 6.x leaves that
+        test to cmp_and_merge_page(). Every page handed over counts in pages_scanned.
+        """
+        machine = self.machine
+        zone = machine.zone
         work = self.work
+        scan_get_next_rmap_item = self.scan_get_next_rmap_item
+        cmp_and_merge_page = self.cmp_and_merge_page
+        skip_here = not self.profile.checksum_before_stable_tree
         for _ in range(scan_npages):
-            self._preempt("ksm_do_scan:cond_resched")
-            found = self.scan_get_next_rmap_item()
+            if machine.preempt is not None:
+                machine.preempt("ksm_do_scan:cond_resched")
+            found = scan_get_next_rmap_item()
             if found is None:
                 return
             rmap_item, page = found
             work.scanned += 1
-            if page.mapping_flags != 3 or not rmap_item.address & STABLE_FLAG:
-                self.cmp_and_merge_page(page, rmap_item)
-            zone.put_page(page)
+            if (
+                not skip_here
+                or page.mapping_flags != PAGE_MAPPING_FLAGS
+                or not rmap_item.address & STABLE_FLAG
+            ):
+                cmp_and_merge_page(page, rmap_item)
+            if page.count > 1:
+                page.count -= 1
+            else:
+                zone.put_page(page)
+            self.ksm_pages_scanned += 1
 
     def ksmd_should_run(self) -> bool:
         """Tell whether ksmd has work: run has the merge bit and some mm is registered."""
-        return (
-            bool(self.ksm_run & KSM_RUN_MERGE) and self.ksm_mm_head.mm_next is not self.ksm_mm_head
-        )
+        head = self.ksm_mm_head
+        return bool(self.ksm_run & KSM_RUN_MERGE) and head.mm_next is not head
+
+    # -- run=2 ---------------------------------------------------------------------------------
+    def unmerge_ksm_pages(self, vma: VmArea, start: int, end: int) -> int:
+        """Break every KSM page in ``[start, end)`` of ``vma``: unmerge_ksm_pages()."""
+        mm = vma.vm_mm
+        err = 0
+        addr = start
+        while addr < end and not err:
+            if mm.mm_users == 0:
+                break
+            err = self.break_ksm(vma, addr)
+            addr += PAGE_SIZE
+        return err
+
+    def unmerge_and_remove_all_rmap_items(self) -> int:
+        """Unmerge every mergeable area and free every rmap_item (``run=2``):
+        unmerge_and_remove_all_rmap_items(). Registered mms stay registered; 6.x then removes
+        every stable node whose page is no longer mapped."""
+        head = self.ksm_mm_head
+        scan = self.ksm_scan
+        scan.mm_slot = head.mm_next
+        while scan.mm_slot is not head:
+            mm_slot = scan.mm_slot
+            mm = mm_slot.mm
+            assert mm is not None
+            for vma in list(mm.mmap):
+                if mm.mm_users == 0:
+                    break
+                if not vma.vm_flags & VM_MERGEABLE or vma.anon_vma is None:
+                    continue
+                err = self.unmerge_ksm_pages(vma, vma.vm_start, vma.vm_end)
+                if err:
+                    scan.mm_slot = head
+                    return err
+            self.remove_trailing_rmap_items(mm_slot)
+            scan.mm_slot = mm_slot.mm_next
+            if mm.mm_users == 0:
+                self._remove_mm_slot(mm_slot)
+        if self.profile.remove_stable_nodes_on_unmerge:
+            self.remove_all_stable_nodes()
+        scan.seqnr = 0
+        return 0
 
     # -- registration ----------------------------------------------------------------------------
     def __ksm_enter(self, mm: MmStruct) -> int:
@@ -924,8 +1500,12 @@ class Ksm:
         needs_wakeup = head.mm_next is head
         mm_slot = MmSlot(mm)
         self.mm_slots[mm] = mm_slot
-        # list_add_tail relative to the cursor's slot: insert just before it.
-        cursor = self.ksm_scan.mm_slot
+        # list_add_tail relative to the cursor's slot: insert just before it (or, while run=2
+        # unmerges, before the head: at the tail, so that no KSM page of a new mm is missed).
+        if self.profile.enter_at_tail_when_unmerging and self.ksm_run & KSM_RUN_UNMERGE:
+            cursor = head
+        else:
+            cursor = self.ksm_scan.mm_slot
         mm_slot.mm_next = cursor
         mm_slot.mm_prev = cursor.mm_prev
         cursor.mm_prev.mm_next = mm_slot
@@ -938,7 +1518,7 @@ class Ksm:
 
     def __ksm_exit(self, mm: MmStruct) -> None:
         """Free an exiting mm's slot at once if that is easy, else move it just after the cursor
-        for ksmd to clean up: __ksm_exit() (4035c07a)."""
+        for ksmd to clean up: __ksm_exit()."""
         mm_slot = self.mm_slots.get(mm)
         cursor = self.ksm_scan.mm_slot
         if mm_slot is None or mm_slot is cursor:
@@ -957,13 +1537,17 @@ class Ksm:
         cursor.mm_next = mm_slot
         self._preempt("__ksm_exit:mmap_sem_write")
 
+    def vma_ksm_compatible(self, vm_flags: int) -> bool:
+        """Tell whether KSM may merge in an area with these flags: vma_ksm_compatible()."""
+        return not vm_flags & self.refused_vm_flags
+
     def ksm_madvise(
         self, vma: VmArea, start: int, end: int, advice: int, vm_flags: int
     ) -> tuple[int, int]:
         """Apply MADV_MERGEABLE or MADV_UNMERGEABLE; return (error, new vm_flags): ksm_madvise()."""
         mm = vma.vm_mm
         if advice == MADV_MERGEABLE:
-            if vm_flags & VM_KSM_REFUSED:
+            if vm_flags & VM_MERGEABLE or not self.vma_ksm_compatible(vm_flags):
                 return 0, vm_flags  # just ignore the advice
             if not mm.flags & MMF_VM_MERGEABLE:
                 err = self.__ksm_enter(mm)
@@ -980,9 +1564,53 @@ class Ksm:
             return 0, vm_flags & ~VM_MERGEABLE
         return 0, vm_flags
 
+    def ksm_vma_flags(self, mm: MmStruct, vm_flags: int) -> int:
+        """Return a new VMA's flags, mergeable if the process asked for merge-any: ksm_add_vma()."""
+        if mm.flags & MMF_VM_MERGE_ANY and self.vma_ksm_compatible(vm_flags):
+            return vm_flags | VM_MERGEABLE
+        return vm_flags
+
+    def ksm_enable_merge_any(self, mm: MmStruct) -> int:
+        """Make every compatible area of the process mergeable, now and later:
+        ksm_enable_merge_any() (prctl PR_SET_MEMORY_MERGE 1)."""
+        if mm.flags & MMF_VM_MERGE_ANY:
+            return 0
+        if not mm.flags & MMF_VM_MERGEABLE:
+            err = self.__ksm_enter(mm)
+            if err:
+                return err
+        mm.flags |= MMF_VM_MERGE_ANY
+        for vma in mm.mmap:
+            if not vma.vm_flags & VM_MERGEABLE and self.vma_ksm_compatible(vma.vm_flags):
+                vma.vm_flags |= VM_MERGEABLE
+        return 0
+
+    def ksm_disable_merge_any(self, mm: MmStruct) -> int:
+        """Unmerge and unmark every area of a merge-any process: ksm_disable_merge_any()."""
+        if not mm.flags & MMF_VM_MERGE_ANY:
+            return 0
+        for vma in mm.mmap:
+            if not vma.vm_flags & VM_MERGEABLE:
+                continue
+            if vma.anon_vma is not None:
+                err = self.unmerge_ksm_pages(vma, vma.vm_start, vma.vm_end)
+                if err:
+                    self.ksm_enable_merge_any(mm)
+                    return err
+            vma.vm_flags &= ~VM_MERGEABLE
+        mm.flags &= ~MMF_VM_MERGE_ANY
+        return 0
+
     def ksm_fork(self, mm: MmStruct, oldmm: MmStruct) -> None:
-        """Register a fork child of a registered mm (its rmap_items are not copied): ksm_fork()."""
+        """Register a fork child of a registered mm (its rmap_items are not copied): ksm_fork().
+
+        6.x starts the child's per-mm counts from zero, except its inherited KSM zero pages,
+        which it adds to the global count.
+        """
         if oldmm.flags & MMF_VM_MERGEABLE:
+            mm.ksm_merging_pages = 0
+            mm.ksm_rmap_items = 0
+            self.ksm_zero_pages += mm.ksm_zero_pages
             self.__ksm_enter(mm)
 
     def ksm_exit(self, mm: MmStruct) -> None:
@@ -1004,6 +1632,19 @@ class Ksm:
         while item is not None:
             yield item
             item = item.rmap_list
+
+    def stable_nodes(self) -> Iterator[StableNode]:
+        """Yield every node that holds a KSM page (regular nodes and dups), in tree order."""
+        for node in rb_iter(self.root_stable_tree):
+            assert isinstance(node, StableNode)
+            if node.is_chain:
+                yield from node.dup_nodes()
+            else:
+                yield node
+
+
+def _msecs_to_jiffies(msecs: int, hz: int) -> int:
+    return (msecs * hz + 999) // 1000
 
 
 def _calc_checksum_xxhash(data: bytes) -> int:

@@ -69,14 +69,25 @@ class Ksmd:
         self.cost = cost or KsmdCost()
         self.cpu_ns = 0
         self.batches = 0
+        self._batch_start: dict[str, int] | None = None
+        self.ksm.advisor.cpu_clock = self.cpu_clock_ns
+
+    def cpu_clock_ns(self) -> int:
+        """Return ksmd's CPU time so far, including the batch in progress."""
+        if self._batch_start is None:
+            return self.cpu_ns
+        return self.cpu_ns + self.cost.charge(
+            self._batch_start, self.ksm.work, self.ksm.profile.checksum
+        )
 
     def batch(self) -> int:
         """Run one batch if ksmd should run, advance the clock by its CPU time, return that."""
         ksm = self.ksm
         if not ksm.ksmd_should_run():
             return 0
-        before = ksm.work.as_dict()
+        before = self._batch_start = ksm.work.as_dict()
         ksm.ksm_do_scan(ksm.ksm_thread_pages_to_scan)
+        self._batch_start = None
         spent = self.cost.charge(before, ksm.work, ksm.profile.checksum)
         self.cpu_ns += spent
         self.batches += 1

@@ -108,6 +108,11 @@ class Machine:
         """Tell whether a write fault may reuse the page in place: reuse_swap_page()."""
         return reuse_swap_page(page)
 
+    def ksm_might_unmap_zero_page(self, mm: MmStruct, pte: int) -> None:
+        """Uncount a KSM-placed zero page whose pte is going: ksm_might_unmap_zero_page()."""
+        if self.ksm is not None:
+            self.ksm.ksm_might_unmap_zero_page(mm, pte)
+
     def oom_event(self, mm: MmStruct, address: int) -> None:
         """Record an allocation failure that nothing could be reclaimed for."""
         self.oom_events.append(OomEvent(self.clock_ns, mm.pid, mm.name, address))

@@ -130,8 +130,12 @@ def do_anonymous_page(vma: VmArea, address: int, write: bool) -> int:
     return VM_FAULT_WRITE
 
 
-def do_wp_page(vma: VmArea, address: int, pte: int) -> int:
-    """Handle a write to a read-only present pte: reuse or copy: do_wp_page() (2.6.33)."""
+def do_wp_page(vma: VmArea, address: int, pte: int, unshare: bool = False) -> int:
+    """Handle a write to a read-only present pte: reuse or copy: do_wp_page() (2.6.33).
+
+    With ``unshare`` (6.x FAULT_FLAG_UNSHARE, as break_ksm uses) a shared page is replaced by
+    a private copy mapped read-only and clean, exactly as wp_page_copy() maps it.
+    """
     mm = vma.vm_mm
     machine = mm.machine
     old_page = vm_normal_page(vma, address, pte)
@@ -143,6 +147,8 @@ def do_wp_page(vma: VmArea, address: int, pte: int) -> int:
             # The kernel sleeps on the lock and then decides; the outcome is the same test.
             reuse = machine.reuse_swap_page(old_page)
         if reuse:
+            if unshare:
+                return 0  # already exclusive: nothing to unshare
             mm.set_pte_at(address, pte | _PAGE_RW | _PAGE_DIRTY | _PAGE_ACCESSED)
             return VM_FAULT_WRITE
     anon_vma_prepare(vma)
@@ -166,9 +172,13 @@ def do_wp_page(vma: VmArea, address: int, pte: int) -> int:
         return 0
     page_add_new_anon_rmap(new_page, vma, address)
     machine.lru_cache_add_active(new_page)
-    mm.set_pte_at(address, mk_pte(new_page.pfn, writable=True))
+    if unshare:
+        mm.set_pte_at(address, mk_pte(new_page.pfn, writable=False, dirty=False))
+    else:
+        mm.set_pte_at(address, mk_pte(new_page.pfn, writable=True))
     if old_page is None:
         mm.anon_rss += 1
+        machine.ksm_might_unmap_zero_page(mm, pte)
     else:
         if PageKsm(old_page):
             machine.vmstat["cow_ksm"] += 1
@@ -178,8 +188,9 @@ def do_wp_page(vma: VmArea, address: int, pte: int) -> int:
     return VM_FAULT_WRITE
 
 
-def handle_mm_fault(vma: VmArea, address: int, write: bool) -> int:
-    """Resolve a user fault at ``address``: handle_mm_fault() and handle_pte_fault() (2.6.33)."""
+def handle_mm_fault(vma: VmArea, address: int, write: bool, unshare: bool = False) -> int:
+    """Resolve a user fault at ``address``: handle_mm_fault() and handle_pte_fault() (2.6.33);
+    ``unshare`` is 6.x's FAULT_FLAG_UNSHARE (break a shared page without writing)."""
     address &= PAGE_MASK
     mm = vma.vm_mm
     if mm.machine.preempt is not None:
@@ -191,8 +202,8 @@ def handle_mm_fault(vma: VmArea, address: int, write: bool) -> int:
         if is_swap_pte(pte):
             return mm.machine.do_swap_page(vma, address, pte, write)
         return mm.machine.wait_migration_entry(vma, address, pte)
-    if write and not pte_write(pte):
-        return do_wp_page(vma, address, pte)
+    if (write or unshare) and not pte_write(pte):
+        return do_wp_page(vma, address, pte, unshare=unshare and not write)
     mm.set_pte_at(address, pte | _PAGE_ACCESSED | (_PAGE_DIRTY if write else 0))
     return 0
 
@@ -254,7 +265,9 @@ def zap_page_range(vma: VmArea, start: int, end: int) -> None:
     zone = machine.zone
     for address, pte in list(mm.ptes(start, end)):
         if pte_present(pte):
-            if not pte_special(pte):
+            if pte_special(pte):
+                machine.ksm_might_unmap_zero_page(mm, pte)
+            else:
                 page = zone.pfn_to_page(pte_pfn(pte))
                 page_remove_rmap(page, machine)
                 mm.anon_rss -= 1

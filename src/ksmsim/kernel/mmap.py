@@ -83,6 +83,8 @@ def do_mmap_anon(mm: MmStruct, length: int, flags: int = VM_ANON_DEFAULT) -> int
     if length <= 0 or length & ~PAGE_MASK:
         raise MmapError(EINVAL, f"bad mmap length {length}")
     addr = get_unmapped_area(mm, length)
+    if mm.machine.ksm is not None:
+        flags = mm.machine.ksm.ksm_vma_flags(mm, flags)
     vma = VmArea(mm, addr, addr + length, flags, addr >> PAGE_SHIFT)
     mm.mmap.append(vma)
     mm.vmas_changed()

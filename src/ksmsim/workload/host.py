@@ -19,7 +19,7 @@ from ksmsim.kernel.ksmd import Ksmd, KsmdCost
 from ksmsim.kernel.machine import Machine, MachineConfig
 from ksmsim.kernel.madvise import ADVICE_NAMES, MADV_MERGEABLE, MADV_NOHUGEPAGE, do_madvise
 from ksmsim.kernel.memory import peek_user_page, read_user_byte, write_user_bytes
-from ksmsim.kernel.mm import MmStruct
+from ksmsim.kernel.mm import MMF_VM_MERGE_ANY, MmStruct
 from ksmsim.kernel.mmap import do_mmap_anon, do_munmap
 from ksmsim.kernel.page import PAGE_SHIFT, PAGE_SIZE
 from ksmsim.kernel.profile import Profile, get_profile
@@ -131,6 +131,8 @@ class Host:
         p = self.proc(proc)
         if region in p.regions:
             raise HostError(f"process {proc!r} already has a region {region!r}")
+        if pages < 1:
+            raise HostError(f"region {region!r} must have at least one page, not {pages}")
         length = pages << PAGE_SHIFT
         addr = do_mmap_anon(p.mm, length)
         if not thp:
@@ -165,6 +167,11 @@ class Host:
 
     # -- memory operations -----------------------------------------------------------------------
     def _pages(self, r: RegionMap, start: int, count: int | None, stride: int = 1) -> range:
+        if start < 0 or (count is not None and count < 1) or stride < 1:
+            raise HostError(
+                f"region {r.name!r}: start must be >= 0, count and stride >= 1 "
+                f"(got start={start}, count={count}, stride={stride})"
+            )
         if start >= r.pages:
             raise HostError(f"region {r.name!r} has {r.pages} pages; start {start} is past its end")
         end = r.pages if count is None else start + count
@@ -217,6 +224,8 @@ class Host:
         """Write one byte into each selected mapped page; return how many pages were written."""
         if not 0 <= offset < PAGE_SIZE:
             raise HostError(f"offset {offset} is outside a page")
+        if not 0 <= value <= 255:
+            raise HostError(f"a written value is one byte (0-255), not {value}")
         p = self.proc(proc)
         r = self.region(proc, region)
         payload = bytes((value,))
@@ -333,8 +342,32 @@ class Host:
         return out
 
     def proc_counters(self) -> dict[str, dict[str, int | str]]:
-        """Return per-process KSM statistics, for profiles that have /proc/PID/ksm_stat."""
-        return {}
+        """Return each live process's /proc/PID/ksm_stat, for profiles that have it."""
+        if not self.profile.scan_statistics:
+            return {}
+        ksm = self.ksm
+        out: dict[str, dict[str, int | str]] = {}
+        for name, p in self.procs.items():
+            mm = p.mm
+            out[name] = {
+                "ksm_rmap_items": mm.ksm_rmap_items,
+                "ksm_zero_pages": mm.ksm_zero_pages,
+                "ksm_merging_pages": mm.ksm_merging_pages,
+                "ksm_process_profit": ksm.ksm_process_profit(mm),
+                "ksm_merge_any": "yes" if mm.flags & MMF_VM_MERGE_ANY else "no",
+                "ksm_mergeable": "yes" if ksm.ksm_process_mergeable(mm) else "no",
+            }
+        return out
+
+    def prctl_memory_merge(self, proc: str, enable: bool) -> None:
+        """prctl(PR_SET_MEMORY_MERGE, enable): merge every compatible area of the process."""
+        if not self.profile.merge_any:
+            raise HostError(f"the {self.profile.name} profile has no PR_SET_MEMORY_MERGE")
+        mm = self.proc(proc).mm
+        err = self.ksm.ksm_enable_merge_any(mm) if enable else self.ksm.ksm_disable_merge_any(mm)
+        if err:
+            raise HostError(f"PR_SET_MEMORY_MERGE failed with {err}")
+        self._checkpoint()
 
     def memory(self) -> dict[str, int]:
         """Return the memory figures of a snapshot."""

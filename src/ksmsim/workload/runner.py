@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
 from ksmsim import __version__
 from ksmsim.kernel.ksm_sysfs import SysfsError
@@ -14,8 +14,7 @@ from ksmsim.kernel.mmap import MmapError
 from ksmsim.kernel.profile import Profile, UnknownProfile, get_profile
 from ksmsim.workload import scenario as sc
 from ksmsim.workload.host import Host, HostError
-
-RESULT_SCHEMA_VERSION: Final = 1
+from ksmsim.workload.results import RESULT_SCHEMA_VERSION, ExpectFailure, check_expectations
 
 
 class RunError(Exception):
@@ -27,29 +26,6 @@ class RunError(Exception):
     def __init__(self, message: str, partial: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.partial = partial
-
-
-@dataclass(slots=True)
-class ExpectFailure:
-    """One expectation that did not hold at a snapshot."""
-
-    label: str
-    key: str
-    expected: int | list[int]
-    actual: int | str | None
-
-    def to_json(self) -> dict[str, Any]:
-        """Return the JSON form."""
-        return {
-            "label": self.label,
-            "counter": self.key,
-            "expected": self.expected,
-            "actual": self.actual,
-        }
-
-    def describe(self) -> str:
-        """Return a one-line description."""
-        return f"{self.label}: {self.key} expected {self.expected}, got {self.actual}"
 
 
 @dataclass(slots=True)
@@ -150,7 +126,7 @@ class ModelRunner:
         for action in self.scenario.timeline:
             for exp in (*getattr(action, "expect", ()), *getattr(action, "expect_each", ())):
                 if exp.scope == "proc":
-                    if not self.host.proc_counters() and exp.counter:
+                    if not self.profile.scan_statistics:
                         raise RunError(
                             f"{action.path}.expect: the {self.profile.name} profile has no "
                             f"per-process counters ({exp.key})"
@@ -168,7 +144,10 @@ class ModelRunner:
         tunables = self.tunables()
         self.check_expectations()
         for name, value in tunables.items():
-            self.host.set_tunable(name, value)
+            try:
+                self.host.set_tunable(name, value)
+            except SysfsError as exc:
+                raise RunError(f"tunables.{name}: {exc}") from None
         for proc in self.scenario.processes:
             self.host.spawn(proc.name)
             for region in proc.regions:
@@ -229,7 +208,8 @@ class ModelRunner:
         }
 
     def _all_procs(self) -> dict[str, Any]:
-        return {**self.gone, **self.host.procs}
+        procs = {**self.gone, **self.host.procs}
+        return {name: procs[name] for name in sorted(procs, key=lambda n: procs[n].pid)}
 
     # -- helpers -------------------------------------------------------------------------------
     def _procs(self, sel: sc.Selector) -> list[str]:
@@ -309,42 +289,45 @@ class ModelRunner:
             self.host.exit(proc)
 
     def _scan(self, a: sc.Scan) -> None:
-        completed = True
+        """Run ksmd for exactly N passes; with snapshot_each, stop and snapshot after each.
+
+        ksmd still sleeps between the passes of one action, as it does between batches.
+        """
+        host = self.host
+        ran = 0
+        last: dict[str, Any] | None = None
         for n in range(1, a.full_scans + 1):
-            if not self.host.scan(1):
-                completed = False
+            if n > 1:
+                host.ksmd.sleep()
+            if not host.scan(1):
                 self.state.errors.append(
                     {
                         "path": a.path,
                         "kind": "scan_timeout",
-                        "message": f"ksmd had no mm to scan; {n - 1} of {a.full_scans} full scans ran",
+                        "message": f"ksmd had no mm to scan; {ran} of {a.full_scans} full scans ran",
                         "fatal": not a.allow_timeout,
                     }
                 )
                 break
+            ran = n
             if a.snapshot_each:
-                self.snapshot(f"{a.label}.{n}", a.expect_each)
+                last = self.snapshot(f"{a.label}.{n}", a.expect_each)
+        timed_out = ran < a.full_scans
         if a.snapshot and not a.snapshot_each:
-            snap = self.snapshot(a.label, a.expect)
-            snap["timed_out"] = not completed
-        elif a.snapshot and a.expect:
-            # With snapshot_each, `expect` applies to the last snapshot.
-            last = self.state.snapshots[-1]
-            self._check_against(last, a.expect)
+            last = self.snapshot(a.label, a.expect)
+            last["timed_out"] = timed_out
+        elif a.expect:
+            # With snapshot_each, `expect` applies to this scan's last snapshot; if the scan
+            # took none, the expectation cannot have held.
+            if last is not None:
+                last["timed_out"] = timed_out
+                self._check_against(last, a.expect)
+            else:
+                label = f"{a.label}.{a.full_scans}"
+                self._check_against({"label": label}, a.expect)
 
     def _check_against(self, snap: dict[str, Any], expect: tuple[sc.Expectation, ...]) -> None:
-        for exp in expect:
-            source = (
-                snap["procs"].get(exp.proc, {})
-                if exp.scope == "proc"
-                else snap["memory" if exp.scope == "memory" else "global"]
-            )
-            actual = source.get(exp.counter)
-            if not isinstance(actual, int) or not exp.lo <= actual <= exp.hi:
-                expected: int | list[int] = exp.lo if exp.lo == exp.hi else [exp.lo, exp.hi]
-                self.state.expect_failures.append(
-                    ExpectFailure(snap["label"], exp.key, expected, actual)
-                )
+        self.state.expect_failures.extend(check_expectations(snap, expect))
 
     def _snapshot_action(self, a: sc.Snapshot) -> None:
         self.snapshot(a.label, a.expect)
