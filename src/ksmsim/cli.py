@@ -69,6 +69,45 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK if result["ok"] else EXIT_FAILED
 
 
+def cmd_real(args: argparse.Namespace) -> int:
+    """Run a scenario on the running kernel's KSM (or restore KSM after a runner died)."""
+    from ksmsim.real.errors import Interrupted, RealError
+    from ksmsim.real.runner import restore_command, run_real
+
+    if args.restore:
+        if args.scenario is not None:
+            raise UsageError("real: give either a scenario or --restore, not both")
+        try:
+            print(restore_command())
+        except RealError as exc:
+            raise UsageError(str(exc)) from None
+        return EXIT_OK
+    if args.scenario is None:
+        raise UsageError("real: a scenario file is required (or --restore)")
+    scenario = load_scenario(args.scenario)
+    try:
+        result = run_real(scenario)
+    except RealError as exc:
+        if exc.partial is not None and args.output:
+            _write_json(exc.partial, args.output)
+            raise UsageError(f"{exc} (the result so far is in {args.output})") from None
+        raise UsageError(str(exc)) from None
+    except Interrupted as exc:
+        print(f"ksmsim: {exc}; KSM was restored", file=sys.stderr)
+        return exc.exit_status
+    _write_json(result, args.output)
+    for failure in result["expect_failures"]:
+        print(
+            f"expect failed at {failure['label']}: {failure['counter']} expected "
+            f"{failure['expected']}, got {failure['actual']}",
+            file=sys.stderr,
+        )
+    for err in result["errors"]:
+        if err.get("fatal"):
+            print(f"error: {err['path']}: {err['message']}", file=sys.stderr)
+    return EXIT_OK if result["ok"] else EXIT_FAILED
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the built-in demonstration workload."""
     from ksmsim.demo import run_demo
@@ -103,6 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="run every invariant check after each operation (slow)"
     )
     run.set_defaults(func=cmd_run)
+
+    real = sub.add_parser(
+        "real", help="run a scenario on the running kernel's KSM (root; restores KSM afterwards)"
+    )
+    real.add_argument("scenario", nargs="?", help="the scenario file")
+    real.add_argument("-o", "--output", help="write the result JSON here instead of stdout")
+    real.add_argument(
+        "--restore",
+        action="store_true",
+        help="restore KSM's tunables and end leftover processes after a runner died",
+    )
+    real.set_defaults(func=cmd_real)
 
     profiles = sub.add_parser("profiles", help="list the kernel profiles the model has")
     profiles.set_defaults(func=cmd_profiles)

@@ -301,7 +301,7 @@ def test_rmap_items_sorted_by_address_across_regions() -> None:
     for name in ("a", "b", "c"):
         host.mmap("P", name, 3)
         host.fill("P", name, "unique")
-    # Leave holes: only even pages of b get a page at all (read-only elsewhere).
+    # Leave holes: only even pages of d get an anonymous page (the zero page elsewhere).
     host.mmap("P", "d", 4)
     host.write("P", "d", 7, stride=2)
     host.read("P", "d")
@@ -323,6 +323,14 @@ def test_rmap_items_sorted_by_address_across_regions() -> None:
         page = host.machine.zone.pfn_to_page(pte_pfn(host.proc("P").mm.pte_get(item.address)))
         assert page.data is not None
         assert item.oldchecksum == calc_checksum_jhash2(page.data)
+    # A page faulted into a hole later gets a new item linked in at its place.
+    host.write("P", "d", 7, start=1, count=1)
+    d0, d2 = item_at(host, "P", "d", 0), item_at(host, "P", "d", 2)
+    scan(host)
+    d1 = item_at(host, "P", "d", 1)
+    assert d0.rmap_list is d1 and d1.rmap_list is d2
+    assert d1.oldchecksum != 0 and flags(d1) == "-"
+    assert host.ksm.ksm_rmap_items == 12
 
 
 def test_skipped_middle_address_prunes_its_item_when_the_scan_passes_it() -> None:
@@ -579,7 +587,7 @@ def test_stable_path_merge_appends_at_the_head_and_counts_sharing() -> None:
     (node,) = stable_nodes(host.ksm)
     batch(host, 1)  # page 2 finds the node by content
     assert counts(host) == (1, 2, 0, 0)
-    assert list(node.items())[0] is item_at(host, "P", "r", 2)
+    assert node.hlist is item_at(host, "P", "r", 2)
 
 
 def test_write_to_a_ksm_page_always_copies_even_at_mapcount_one() -> None:
@@ -731,7 +739,8 @@ def test_failed_stable_insert_breaks_cow_on_both_pages() -> None:
 
 
 # -- the unstable tree ----------------------------------------------------------------------------
-def test_unstable_search_aborts_on_a_vanished_address() -> None:
+@pytest.mark.parametrize("how", ["munmap", "dontneed", "dontneed+read", "unmergeable"])
+def test_unstable_search_aborts_on_a_vanished_address(how: str) -> None:
     host = make_host()
     proc_with(host, "U", "r", 1, ord("U"))
     proc_with(host, "S", "r", 1, ord("S"))
@@ -740,18 +749,68 @@ def test_unstable_search_aborts_on_a_vanished_address() -> None:
     u_item = item_at(host, "U", "r")
     assert unstable_items(host.ksm) == [u_item]
     assert counts(host) == (0, 0, 1, 1)
-    host.munmap("U", "r")
+    if how == "munmap":
+        host.munmap("U", "r")
+    elif how == "unmergeable":
+        host.madvise("U", "r", "unmergeable")
+    else:
+        host.madvise("U", "r", "dontneed")
+        if how == "dontneed+read":
+            host.read("U", "r")  # the zero page is not anonymous
     memcmps = host.ksm.work.memcmps
+    s_sum = item_at(host, "S", "r").oldchecksum
     batch(host, 1)  # S: checksum unchanged, but the walk meets U's vanished page first
     s_item = item_at(host, "S", "r")
     assert flags(s_item) == "-"
+    assert s_item.oldchecksum == s_sum
     assert unstable_items(host.ksm) == [u_item], "S was not inserted"
     assert host.ksm.work.memcmps == memcmps
     assert counts(host) == (0, 0, 1, 1)
     batch(host, 1_000)  # ends the pass
-    # The next pass drops U (no mergeable area left) and S enters the tree.
+    # The next pass drops U's item (its address is not scanned) and S enters the tree.
     assert scan(host) == (0, 0, 1, 0)
-    assert order(host) == ["S"]
+    assert flags(item_at(host, "S", "r")) == "U"
+    if how in ("munmap", "unmergeable"):
+        assert order(host) == ["S"], "no mergeable area left: U's slot went too"
+    else:
+        assert order(host) == ["U", "S"] and items_of(host, "U") == []
+
+
+def test_exiting_mm_unstable_items_are_erased_before_anyone_meets_them() -> None:
+    """An exiting mm's slot moves just after the cursor, so ksmd tears it down (rb_erasing its
+    current-pass unstable items) before any later search of the pass can meet them."""
+    host = make_host()
+    proc_with(host, "U", "r", 1, ord("U"))
+    proc_with(host, "X", "r", 1, "unique")
+    proc_with(host, "S", "r", 1, ord("S"))
+    scan(host)
+    batch(host, 2)  # U and X into the unstable tree; the cursor is in X
+    assert counts(host) == (0, 0, 2, 1)
+    host.exit("U")
+    assert order(host) == ["X", "U", "S"]
+    batch(host, 1)  # U torn down (unshared--), then S is inserted: no abort
+    assert order(host) == ["X", "S"]
+    assert counts(host) == (0, 0, 2, 0)
+    assert flags(item_at(host, "S", "r")) == "U"
+    assert len(unstable_items(host.ksm)) == 2
+
+
+def test_unstable_tree_compares_contents_live() -> None:
+    """A page that changed after its insertion is compared with what it holds now."""
+    host = make_host()
+    proc_with(host, "A", "r", 1, ord("M"))
+    proc_with(host, "B", "r", 1, ord("Y"))
+    proc_with(host, "C", "r", 1, ord("Z"))
+    scan(host)
+    batch(host, 2)  # A (root) and B into the tree
+    a_item = item_at(host, "A", "r")
+    assert host.ksm.root_unstable_tree.rb_node is a_item
+    host.fill("A", "r", ord("Z"))  # in place: the unstable page is still writable
+    assert flags(a_item) == "U"
+    batch(host, 1)  # C (Z, checksum stable) compares with A's page as it is now: equal
+    assert counts(host) == (1, 1, 1, 0)
+    assert page_at(host, "A", "r") is page_at(host, "C", "r")
+    assert flags(item_at(host, "B", "r")) == "U"
 
 
 def test_unstable_search_aborts_on_the_very_same_page_after_fork() -> None:
@@ -788,6 +847,23 @@ def test_unstable_item_of_the_current_pass_is_rb_erased_when_merged() -> None:
 
 
 # -- write_protect_page ---------------------------------------------------------------------------
+def test_failed_stable_path_merge_leaves_the_item_volatile_without_a_checksum() -> None:
+    host = make_host(check=False)
+    proc_with(host, "A", "r", 2, ord("X"))
+    scan(host, 2)
+    proc_with(host, "C", "r", 1, ord("X"))
+    c_page = page_at(host, "C", "r")
+    get_page(c_page)
+    host.ksm.ksm_do_scan(1_000)
+    c_item = item_at(host, "C", "r")
+    assert flags(c_item) == "-"
+    assert c_item.oldchecksum == 0, "the stable path returns before any checksum"
+    assert counts(host) == (1, 1, 0, 1)
+    host.machine.zone.put_page(c_page)
+    check_all(host.machine)
+    assert scan(host) == (1, 2, 0, 0)
+
+
 def test_extra_reference_makes_write_protect_fail_until_dropped() -> None:
     host = make_host(check=False)
     proc_with(host, "A", "r", 1, ord("X"))
@@ -810,6 +886,37 @@ def test_extra_reference_makes_write_protect_fail_until_dropped() -> None:
     assert scan(host) == (1, 1, 0, 0)
     assert PageKsm(page_at(host, "B", "r"))
     assert host.machine.zone.is_free(b_page)
+
+
+def test_tree_page_merge_failure_undoes_the_first_half_of_a_two_page_merge() -> None:
+    """try_to_merge_two_pages(): the scanned page went into the new KSM page, the tree page
+    cannot follow (pinned), so the scanned page is COW-broken back and the kpage freed."""
+    host = make_host(check=False)
+    proc_with(host, "A", "r", 1, ord("X"))
+    proc_with(host, "B", "r", 1, ord("X"))
+    scan(host)
+    host.ksm.ksm_do_scan(1)  # A into the unstable tree
+    a_page = page_at(host, "A", "r")
+    b_page = page_at(host, "B", "r")
+    get_page(a_page)
+    work = host.ksm.work
+    copies, merges, breaks = work.kpage_copies, work.merges, work.break_cows
+    host.ksm.ksm_do_scan(1)  # B
+    assert (work.kpage_copies, work.merges, work.break_cows) == (copies + 1, merges + 1, breaks + 1)
+    assert counts(host) == (0, 0, 1, 1)
+    assert flags(item_at(host, "A", "r")) == "U" and flags(item_at(host, "B", "r")) == "-"
+    assert page_at(host, "A", "r") is a_page
+    new_b = page_at(host, "B", "r")
+    assert new_b is not b_page and not PageKsm(new_b), "B got a private copy of the kpage"
+    assert new_b.data == page_bytes(ord("X"), 0, proc="B", region="r")
+    assert host.machine.zone.is_free(b_page), "B's original page went when it was merged"
+    assert host.memory()["ksm_pages"] == 0
+    b_item = item_at(host, "B", "r")
+    assert b_item.anon_vma is not None and b_item.anon_vma.ksm_refcount == 0
+    host.machine.zone.put_page(a_page)
+    check_all(host.machine)
+    host.ksm.ksm_do_scan(1_000)  # end of the pass
+    assert scan(host) == (1, 1, 0, 0)
 
 
 def test_extra_reference_on_a_read_only_pte_does_not_stop_the_merge() -> None:

@@ -201,11 +201,14 @@ def test_tunable_writes_store_the_value(name: str) -> None:
     assert host.sysfs.read_int(name) == 0
     host.sysfs.write(name, "7")
     assert host.sysfs.read_int(name) == 7
-    assert host.sysfs.read_int(name) == {
-        "max_kernel_pages": host.ksm.ksm_max_kernel_pages,
-        "pages_to_scan": host.ksm.ksm_thread_pages_to_scan,
-        "sleep_millisecs": host.ksm.ksm_thread_sleep_millisecs,
-    }[name]
+    assert (
+        host.sysfs.read_int(name)
+        == {
+            "max_kernel_pages": host.ksm.ksm_max_kernel_pages,
+            "pages_to_scan": host.ksm.ksm_thread_pages_to_scan,
+            "sleep_millisecs": host.ksm.ksm_thread_sleep_millisecs,
+        }[name]
+    )
 
 
 @pytest.mark.parametrize("name", ["pages_to_scan", "sleep_millisecs"])
@@ -231,15 +234,22 @@ def test_max_kernel_pages_takes_any_unsigned_long() -> None:
     assert host.sysfs.read_int("max_kernel_pages") == ULONG_MAX
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="2.6.33 simple_strtoul() has no overflow check (it wraps modulo 2**64), so "
-    "strict_strtoul accepts 2**64+5 as 5; ksm_sysfs.strict_strtoul raises EINVAL instead",
-)
 def test_strict_strtoul_wraps_beyond_ulong_max_like_2_6_33() -> None:
+    """2.6.33 simple_strtoul() has no overflow check: the value wraps modulo 2**64, and only
+    then do the per-file range checks apply."""
+    assert strict_strtoul("x", str(ULONG_MAX + 1)) == 0
+    assert strict_strtoul("x", f"{2 * (ULONG_MAX + 1) + 7}\n") == 7
     host = make_host()
     host.sysfs.write("pages_to_scan", str(ULONG_MAX + 1 + 5))
     assert host.sysfs.read_int("pages_to_scan") == 5
+    host.sysfs.write("max_kernel_pages", str(ULONG_MAX + 1))
+    assert host.sysfs.read_int("max_kernel_pages") == 0
+    host.sysfs.write("run", 1)
+    host.sysfs.write("run", str(ULONG_MAX + 1))  # wraps to 0: stops ksmd
+    assert host.sysfs.read("run") == "0\n"
+    with pytest.raises(SysfsError) as exc:
+        host.sysfs.write("run", str(ULONG_MAX + 1 + 3))
+    assert errno_of(exc) == errno.EINVAL
 
 
 # -- run ----------------------------------------------------------------------------------------

@@ -66,7 +66,10 @@ def test_msecs_to_jiffies_matches_the_kernel_formula_for_divisor_hz(hz: int) -> 
         assert msecs_to_jiffies(m, hz) == (m + per - 1) // per
 
 
-@pytest.mark.parametrize(("hz", "sleep_ms", "slept_ns"), [(250, 20, 20), (250, 21, 24), (100, 21, 30), (1000, 21, 21), (250, 0, 0)])
+@pytest.mark.parametrize(
+    ("hz", "sleep_ms", "slept_ns"),
+    [(250, 20, 20), (250, 21, 24), (100, 21, 30), (1000, 21, 21), (250, 0, 0)],
+)
 def test_sleep_advances_the_clock_by_whole_jiffies(hz: int, sleep_ms: int, slept_ns: int) -> None:
     host = make_host(hz=hz, pages=0)
     host.set_tunable("sleep_millisecs", sleep_ms)
@@ -259,3 +262,32 @@ def test_cpu_time_is_the_sum_of_batch_costs() -> None:
     assert host.ksmd.cpu_ns == total
     assert host.machine.clock_ns == total
     assert host.ksmd.batches == 9
+
+
+# -- edge cases once wrong in the model --------------------------------------------------------------
+MAX_JIFFY_OFFSET = ((2**63 - 1) >> 1) - 1  # include/linux/jiffies.h on 64-bit
+
+
+@pytest.mark.parametrize("hz", [100, 250, 1000])
+def test_msecs_to_jiffies_of_a_negative_int_is_max_jiffy_offset(hz: int) -> None:
+    assert msecs_to_jiffies(2**31, hz) == MAX_JIFFY_OFFSET
+
+
+@pytest.mark.timeout(3, method="signal")
+def test_run_full_scans_gives_up_when_no_pass_can_complete(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    host = make_host(cost=FLAT, pages=2)
+    host.set_tunable("pages_to_scan", 0)
+    sleeps = 0
+    real_sleep = host.ksmd.sleep
+
+    def bounded_sleep() -> None:
+        nonlocal sleeps
+        sleeps += 1
+        if sleeps > 1000:
+            raise RuntimeError("1000 batches of pages_to_scan=0 and still scanning")
+        real_sleep()
+
+    monkeypatch.setattr(host.ksmd, "sleep", bounded_sleep)
+    assert host.scan(1) is False

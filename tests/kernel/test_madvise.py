@@ -297,11 +297,6 @@ def test_unmapped_range_is_enomem() -> None:
 
 
 # --- known bugs -----------------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="do_madvise() splits the areas before it rejects an unknown advice with EINVAL, "
-    "leaving equal-flag pieces unmerged (Linux checks madvise_behavior_valid() first)",
-)
 def test_unknown_advice_changes_nothing() -> None:
     _, mm, a = _setup(npages=3)
     with pytest.raises(MmapError) as ei:
@@ -310,11 +305,6 @@ def test_unknown_advice_changes_nothing() -> None:
     assert _layout(mm) == [(a, MMAP_BASE, D)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="vma_merge() does not re-check the new next area after absorbing one; in "
-    "do_madvise the absorbed piece is then skipped, so its own upper neighbour stays split",
-)
 def test_unmergeable_over_two_pieces_merges_the_third() -> None:
     _, mm, a = _setup(npages=4)
     do_madvise(mm, a + P, 2 * P, MADV_MERGEABLE)

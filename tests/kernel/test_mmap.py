@@ -181,12 +181,6 @@ def test_areas_with_different_anon_vmas_do_not_merge() -> None:
     check_all(m)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="vma_merge() tries the next area before the previous one; 2.6.33's vma_merge() "
-    "extends prev first (cases 2/5/7), so a gap-filler between incompatible anon_vmas "
-    "joins the lower neighbour in Linux but the upper one in the model",
-)
 def test_hole_filler_between_incompatible_neighbours_joins_prev_like_linux() -> None:
     _, mm = _setup()
     a = do_mmap_anon(mm, 2 * P)

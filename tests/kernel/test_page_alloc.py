@@ -143,8 +143,9 @@ def test_free_hot_cold_page_refuses_page_in_use() -> None:
         z.free_hot_cold_page(p)
 
 
-def test_put_page_ignores_the_reserved_zero_page() -> None:
+def test_put_page_never_frees_the_reserved_zero_page() -> None:
     z = Zone(1, ZERO_DATA)
+    z.zero_page.count += 2  # two get_page()s, as follow_page(FOLL_GET) takes
     z.put_page(z.zero_page)
     z.put_page(z.zero_page)
     assert z.zero_page.count == 1
@@ -241,11 +242,6 @@ def test_machine_reuse_order_reaches_the_zone() -> None:
     assert Machine(KEYHOLE, MachineConfig(ram_pages=8)).zone.reuse_order == "hot"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="follow_page(FOLL_GET) takes a reference on the zero page but put_page() ignores "
-    "reserved frames, so MADV_UNMERGEABLE (break_ksm) over zero-page ptes leaks zero-page refs",
-)
 def test_zero_page_refcount_balanced_across_unmergeable() -> None:
     m = Machine(KEYHOLE, MachineConfig(ram_pages=8))
     mm = m.new_process("p")

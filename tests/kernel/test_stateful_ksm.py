@@ -185,9 +185,7 @@ class KsmStateMachine(RuleBasedStateMachine):
     ) -> None:
         proc, r = self._region(pi, ri)
         start, count = self._range(r, sp)
-        self.host.write(
-            proc, r.name, value, offset=offset, start=start, count=count, stride=stride
-        )
+        self.host.write(proc, r.name, value, offset=offset, start=start, count=count, stride=stride)
         for i in range(start, start + count, stride):
             addr = r.page_address(i)
             if self._mapped(proc, addr):

@@ -1314,59 +1314,74 @@ class Ksm:
         mm.mm_count -= 1
 
     def _scan_mm(self, mm: MmStruct, mm_slot: MmSlot) -> tuple[RmapItem, Page] | None:
-        """Continue the cursor through the mm's mergeable areas to the next anonymous page."""
-        scan = self.ksm_scan
-        work = self.work
+        """Continue the cursor through the mm's mergeable areas to the next anonymous page.
+
+        This is the VMA loop of scan_get_next_rmap_item(), with follow_page() walked a pte
+        table at a time: an absent table is skipped whole, as follow_page() would find nothing
+        at any of its addresses.
+        """
         if mm.mm_users == 0:
             return None
-        vma = mm.find_vma(scan.address)
+        scan = self.ksm_scan
+        address = scan.address
+        vma = mm.find_vma(address)
         if vma is None:
             return None
         mem_map = self._mem_map
         pgd = mm.pgd
         vmas = mm.mmap
+        nvmas = len(vmas)
         smart = self.profile.smart_scan
-        for i in range(mm.vma_index(vma), len(vmas)):
+        visited = 0
+        i = mm.vma_index(vma)
+        while i < nvmas:
             vma = vmas[i]
+            i += 1
             if not vma.vm_flags & VM_MERGEABLE:
                 continue
-            if scan.address < vma.vm_start:
-                scan.address = vma.vm_start
+            if address < vma.vm_start:
+                address = vma.vm_start
             if vma.anon_vma is None:
-                scan.address = vma.vm_end
+                address = vma.vm_end
             end = vma.vm_end
-            while scan.address < end:
+            while address < end:
                 if mm.mm_users == 0:
                     break
-                # follow_page(), walked a pte table at a time; absent tables cost nothing.
-                vpn = scan.address >> PAGE_SHIFT
-                table = pgd.get(vpn >> 9)
+                vpn = address >> PAGE_SHIFT
+                key = vpn >> 9
+                stop = min(end, (key + 1) << (9 + PAGE_SHIFT))
+                table = pgd.get(key)
                 if table is None:
-                    nxt = ((vpn >> 9) + 1) << (9 + PAGE_SHIFT)
-                    work.addresses += (min(nxt, end) - scan.address) >> PAGE_SHIFT
-                    scan.address = min(nxt, end)
+                    visited += (stop - address) >> PAGE_SHIFT
+                    address = stop
                     continue
-                work.addresses += 1
-                pte = table[vpn & (PTRS_PER_PTE - 1)]
-                if pte & _ANON_PRESENT_MASK == _PAGE_PRESENT:
-                    page = mem_map[pte >> PAGE_SHIFT]
-                    assert page is not None
-                    if page.mapping_flags & PAGE_MAPPING_ANON:
-                        page.count += 1
-                        # get_next_rmap_item(), whose common case (the item is next) is inline.
-                        rmap_item = scan.rmap_list.rmap_list
-                        if rmap_item is None or rmap_item.address & PAGE_MASK != scan.address:
-                            rmap_item = self.get_next_rmap_item(
-                                mm_slot, scan.rmap_list, scan.address
-                            )
-                        scan.rmap_list = rmap_item
-                        if smart and self.should_skip_rmap_item(page, rmap_item):
-                            page.count -= 1
-                            scan.address += PAGE_SIZE
-                            continue
-                        scan.address += PAGE_SIZE
-                        return rmap_item, page
-                scan.address += PAGE_SIZE
+                idx = vpn & (PTRS_PER_PTE - 1)
+                while address < stop:
+                    pte = table[idx]
+                    visited += 1
+                    if pte & _ANON_PRESENT_MASK == _PAGE_PRESENT:
+                        page = mem_map[pte >> PAGE_SHIFT]
+                        assert page is not None
+                        if page.mapping_flags & PAGE_MAPPING_ANON:
+                            page.count += 1
+                            # get_next_rmap_item(), whose common case (the next item) is inline.
+                            link = scan.rmap_list
+                            rmap_item = link.rmap_list
+                            if rmap_item is None or rmap_item.address & PAGE_MASK != address:
+                                rmap_item = self.get_next_rmap_item(mm_slot, link, address)
+                            scan.rmap_list = rmap_item
+                            address += PAGE_SIZE
+                            if smart and self.should_skip_rmap_item(page, rmap_item):
+                                page.count -= 1
+                                idx += 1
+                                continue
+                            scan.address = address
+                            self.work.addresses += visited
+                            return rmap_item, page
+                    address += PAGE_SIZE
+                    idx += 1
+        scan.address = address
+        self.work.addresses += visited
         return None
 
     def scan_get_next_rmap_item(self) -> tuple[RmapItem, Page] | None:

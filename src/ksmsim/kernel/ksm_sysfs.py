@@ -35,10 +35,8 @@ def strict_strtoul(name: str, text: str) -> int:
     """Parse a sysfs write as 2.6.33's strict_strtoul(text, 10) does, or raise EINVAL."""
     if not _DECIMAL.fullmatch(text):
         raise SysfsError(errno.EINVAL, name, f"invalid number {text!r}")
-    value = int(text)
-    if value > ULONG_MAX:
-        raise SysfsError(errno.EINVAL, name, f"{text.strip()} does not fit an unsigned long")
-    return value
+    # simple_strtoul() has no overflow check: the value wraps modulo 2**64.
+    return int(text) & ULONG_MAX
 
 
 def _kstrtoull(name: str, text: str) -> int:

@@ -18,8 +18,15 @@ if TYPE_CHECKING:
 MSEC_PER_SEC: Final = 1000
 
 
+MAX_JIFFY_OFFSET: Final = ((1 << 63) - 1 >> 1) - 1
+"""What msecs_to_jiffies() gives for a negative int: "sleep forever" on 64-bit."""
+
+
 def msecs_to_jiffies(msecs: int, hz: int) -> int:
-    """Convert milliseconds to jiffies, rounding up: msecs_to_jiffies()."""
+    """Convert milliseconds to jiffies, rounding up: msecs_to_jiffies(). A value that is
+    negative as a C int (2**31 and above) means MAX_JIFFY_OFFSET."""
+    if msecs & 0xFFFFFFFF >= 1 << 31:
+        return MAX_JIFFY_OFFSET
     return (msecs * hz + MSEC_PER_SEC - 1) // MSEC_PER_SEC
 
 
@@ -104,7 +111,8 @@ class Ksmd:
         """Run batches until ``n`` more passes complete; False if ksmd had nothing to scan."""
         target = self.ksm.ksm_scan.seqnr + n
         while self.ksm.ksm_scan.seqnr < target:
-            if not self.ksm.ksmd_should_run():
+            # With pages_to_scan 0 ksmd wakes and sleeps forever without scanning a page.
+            if not self.ksm.ksmd_should_run() or not self.ksm.ksm_thread_pages_to_scan:
                 return False
             self.batch()
             if self.ksm.ksm_scan.seqnr < target:

@@ -148,7 +148,7 @@ class Machine:
         """Return the memory figures a result snapshot records."""
         zone = self.zone
         ksm_pages = sum(1 for p in zone.allocated_pages() if p.mapping_flags == 3)
-        return {
+        stats = {
             "free_pages": zone.nr_free,
             "anon_pages": self.nr_anon_pages,
             "ksm_pages": ksm_pages,
@@ -157,3 +157,6 @@ class Machine:
             "pages_swapped_out": 0,
             "oom_events": len(self.oom_events),
         }
+        if self.profile.scan_statistics:
+            stats["cow_ksm"] = self.vmstat["cow_ksm"]
+        return stats

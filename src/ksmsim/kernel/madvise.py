@@ -37,6 +37,8 @@ def do_madvise(mm: MmStruct, start: int, length: int, advice: int) -> None:
     if start & ~PAGE_MASK:
         raise MmapError(EINVAL, f"madvise start {start:#x} not page aligned")
     end = start + ((length + PAGE_SIZE - 1) & PAGE_MASK)
+    if advice not in ADVICE_NAMES.values():
+        raise MmapError(EINVAL, f"unknown advice {advice}")
     if end <= start:
         return
     covered = 0

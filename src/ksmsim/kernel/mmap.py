@@ -68,14 +68,22 @@ def _absorb(lower: VmArea, upper: VmArea) -> VmArea:
 
 
 def vma_merge(vma: VmArea) -> VmArea:
-    """Merge ``vma`` with whichever neighbours it can join, and return the result: vma_merge()."""
+    """Merge ``vma`` into its previous neighbour, then its next ones into the result, where
+    they are compatible; return the surviving area: vma_merge() (2.6.33).
+
+    As in the kernel, the lower area survives, so an area between two neighbours whose
+    anon_vmas differ joins the lower one.
+    """
     mm = vma.vm_mm
     i = mm.vma_index(vma)
-    if i + 1 < len(mm.mmap) and _is_mergeable_vma(vma, mm.mmap[i + 1]):
-        vma = _absorb(vma, mm.mmap[i + 1])
     if i > 0 and _is_mergeable_vma(mm.mmap[i - 1], vma):
         vma = _absorb(mm.mmap[i - 1], vma)
-    return vma
+    while True:
+        i = mm.vma_index(vma)
+        if i + 1 < len(mm.mmap) and _is_mergeable_vma(vma, mm.mmap[i + 1]):
+            vma = _absorb(vma, mm.mmap[i + 1])
+        else:
+            return vma
 
 
 def do_mmap_anon(mm: MmStruct, length: int, flags: int = VM_ANON_DEFAULT) -> int:

@@ -90,9 +90,9 @@ class Zone:
 
     def put_page(self, page: Page) -> None:
         """Drop a reference and free the frame when it was the last one: put_page()."""
-        if page.flags & PG_reserved:
-            return
         page.count -= 1
+        if page.flags & PG_reserved:
+            return  # the zero page: counted, never freed
         if page.count == 0:
             self.free_hot_cold_page(page)
         elif page.count < 0:

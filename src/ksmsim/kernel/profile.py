@@ -41,7 +41,8 @@ class Profile:
     smart_scan: bool = False
     """smart_scan: pages that keep failing to merge are skipped for a few passes (6.7+)."""
     scan_statistics: bool = False
-    """pages_scanned, general_profit and the per-process /proc/PID/ksm_stat (6.x)."""
+    """pages_scanned, general_profit, the per-process /proc/PID/ksm_stat and the cow_ksm
+    event of /proc/vmstat (6.x)."""
     unshare_fault: bool = False
     """break_ksm() touches only KSM pages and unshares with FAULT_FLAG_UNSHARE (6.x): the copy
     is mapped read-only and clean."""

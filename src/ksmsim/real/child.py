@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import ctypes
 import hashlib
+import itertools
 import os
 import signal
 import sys
@@ -29,10 +30,13 @@ from ksmsim.real.protocol import Channel, connect
 from ksmsim.workload.patterns import PAGE_SIZE, ZERO_PAGE_BYTES, page_bytes, parse_pattern
 
 PAGE_SHIFT: Final = 12
+PROT_NONE: Final = 0x0
 PROT_READ: Final = 0x1
 PROT_WRITE: Final = 0x2
 MAP_PRIVATE: Final = 0x02
 MAP_ANONYMOUS: Final = 0x20
+MAP_NORESERVE: Final = 0x4000
+MAP_FIXED_NOREPLACE: Final = 0x100000
 MAP_FAILED: Final = ctypes.c_void_p(-1).value
 
 MADVICE: Final = {
@@ -43,6 +47,17 @@ MADVICE: Final = {
     "nohugepage": 15,
 }
 """Linux madvise() advice values (include/uapi/asm-generic/mman-common.h)."""
+
+MAX_PLUG: Final = 1 << 30
+"""Gaps between the interpreter's mappings up to this size are plugged (see ``plug_holes``)."""
+
+ENVIRONMENT: Final = {
+    "PYTHONMALLOC": "malloc",
+    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+    "MALLOC_ARENA_MAX": "1",
+}
+"""Environment of a server: the interpreter allocates from the brk heap, never with mmap, so its
+address space stays still and only the scenario's regions come and go below its mappings."""
 
 PM_PRESENT: Final = 1 << 63
 PM_SWAP: Final = 1 << 62
@@ -83,6 +98,17 @@ class Libc:
         if addr is None or addr == MAP_FAILED:
             raise self._error("mmap")
         return int(addr)
+
+    def reserve(self, addr: int, length: int) -> bool:
+        """Map an inaccessible placeholder exactly at ``addr``; False if anything is there."""
+        flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE
+        got = self._mmap(addr, length, PROT_NONE, flags, -1, 0)
+        if got is None or got == MAP_FAILED:
+            return False
+        if got != addr:  # a kernel without MAP_FIXED_NOREPLACE treats it as a hint
+            self.munmap(int(got), length)
+            return False
+        return True
 
     def munmap(self, addr: int, length: int) -> None:
         """Unmap ``[addr, addr + length)``."""
@@ -174,12 +200,12 @@ def page_range(r: Region, start: int, count: int | None, stride: int = 1) -> ran
 class Server:
     """Executes the runner's commands in this process."""
 
-    def __init__(self, name: str, address: str, chan: Channel) -> None:
+    def __init__(self, name: str, address: str, chan: Channel, libc: Libc | None = None) -> None:
         """Serve as process ``name``, connected to the runner at ``address``."""
         self.name = name
         self.address = address
         self.chan = chan
-        self.libc = Libc()
+        self.libc = libc if libc is not None else Libc()
         self.regions: dict[str, Region] = {}
         self.mapped = Mappings()
         self._handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any] | None]] = {
@@ -380,6 +406,37 @@ class Server:
             os._exit(0)
 
 
+def plug_holes(libc: Libc, maps: str | None = None) -> int:
+    """Fill the gaps between the interpreter's own mappings with inaccessible placeholders.
+
+    The kernel places a new anonymous mapping at the highest free gap below mmap_base that fits,
+    so without this a small region would land in a hole between two shared libraries instead
+    of below everything, as the format's layout (and the model) has it. Only gaps of at most
+    MAX_PLUG bytes between the heap and the stack are filled. Returns the number of gaps filled.
+    """
+    if maps is None:
+        with open("/proc/self/maps") as f:
+            maps = f.read()
+    entries: list[tuple[int, int, str]] = []
+    for line in maps.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        lo_text, _, hi_text = parts[0].partition("-")
+        entries.append((int(lo_text, 16), int(hi_text, 16), parts[5] if len(parts) > 5 else ""))
+    heap_end = max((hi for _, hi, name in entries if name == "[heap]"), default=0)
+    stack = [lo for lo, _, name in entries if name == "[stack]"]
+    stack_lo = min(stack) if stack else None
+    area = sorted(
+        (lo, hi) for lo, hi, _ in entries if lo >= heap_end and (stack_lo is None or hi <= stack_lo)
+    )
+    plugged = 0
+    for (_, end), (start, _) in itertools.pairwise(area):
+        if 0 < start - end <= MAX_PLUG and libc.reserve(end, start - end):
+            plugged += 1
+    return plugged
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Connect to the runner at ``argv[0]`` as process ``argv[1]`` and serve."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -390,13 +447,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Ctrl-C belongs to the runner; forked grandchildren are reaped by the kernel.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    libc = Libc()
+    plug_holes(libc)
     try:
         chan = connect(address)
         chan.send({"hello": name, "pid": os.getpid()})
     except OSError as exc:
         print(f"ksmsim.real.child: cannot reach the runner: {exc}", file=sys.stderr)
         return 1
-    Server(name, address, chan).serve()
+    Server(name, address, chan, libc).serve()
 
 
 if __name__ == "__main__":

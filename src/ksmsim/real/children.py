@@ -16,10 +16,12 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from ksmsim.real.child import ENVIRONMENT
 from ksmsim.real.errors import ChildFailed, RealError
 from ksmsim.real.procfs import ProcId, start_time
 from ksmsim.real.protocol import ABSTRACT_PREFIX, Channel, to_sockaddr
@@ -72,7 +74,7 @@ class Child:
         try:
             self.chan.send(message)
             reply = self.chan.recv()
-        except OSError:
+        except (OSError, ValueError):
             reply = None
         if reply is None:
             raise RealError(f"process {self.name!r} (pid {self.pid}) died unexpectedly")
@@ -105,7 +107,6 @@ class ChildPool:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(to_sockaddr(self.address))
         listener.listen(64)
-        listener.settimeout(CONNECT_TIMEOUT_S)
         self._listener = listener
 
     def known(self) -> list[ProcId]:
@@ -122,18 +123,36 @@ class ChildPool:
         self._known.pop(ident.pid, None)
         self.on_change(self.known())
 
-    def _accept(self, name: str, pid: int) -> Channel:
-        """Accept the connection of process ``name`` (pid ``pid``) and check its hello."""
+    def _accept(self, name: str, ident: ProcId, exited: Callable[[], int | None]) -> Channel:
+        """Accept the connection of process ``name`` and check its hello (pid and peer pid).
+
+        ``exited`` returns the process's exit status once it has ended without connecting, so
+        that a process that cannot start is reported at once rather than after the timeout.
+        """
         assert self._listener is not None
-        try:
-            sock, _ = self._listener.accept()
-        except TimeoutError:
-            raise RealError(f"process {name!r} (pid {pid}) did not connect") from None
+        pid = ident.pid
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        self._listener.settimeout(0.05)
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+                break
+            except TimeoutError:
+                status = exited()
+                if status is not None:
+                    raise RealError(
+                        f"process {name!r} (pid {pid}) ended before connecting (status {status})"
+                    ) from None
+                if time.monotonic() >= deadline:
+                    raise RealError(f"process {name!r} (pid {pid}) did not connect") from None
         sock.settimeout(None)
         chan = Channel(sock)
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
         peer_pid = int.from_bytes(creds[0:4], sys.byteorder)
-        hello = chan.recv()
+        try:
+            hello = chan.recv()
+        except (OSError, ValueError):
+            hello = None
         if (
             hello is None
             or hello.get("hello") != name
@@ -152,12 +171,13 @@ class ChildPool:
             stdout=subprocess.DEVNULL,
             close_fds=True,
             start_new_session=True,
+            env={**os.environ, **ENVIRONMENT},
         )
         start = start_time(popen.pid)
         ident = ProcId(popen.pid, start if start is not None else -1)
         self._remember(ident)
         try:
-            chan = self._accept(name, popen.pid)
+            chan = self._accept(name, ident, popen.poll)
         except RealError:
             self._kill_one(ident, popen)
             raise
@@ -172,7 +192,17 @@ class ChildPool:
         start = start_time(pid)
         ident = ProcId(pid, start if start is not None else -1)
         self._remember(ident)
-        chan = self._accept(name, pid)
+
+        def exited() -> int | None:
+            """Return -1 once the forked process is gone (it is not our child to wait for)."""
+            ident.reap()
+            return None if ident.alive() else -1
+
+        try:
+            chan = self._accept(name, ident, exited)
+        except RealError:
+            self._kill_one(ident, None)
+            raise
         child = Child(name, ident, chan)
         self.live[name] = child
         return child
@@ -180,10 +210,8 @@ class ChildPool:
     def exit(self, name: str) -> None:
         """Make a process exit and wait until its address space is gone."""
         child = self.live.pop(name)
-        try:
+        with contextlib.suppress(RealError, ChildFailed):
             child.request({"op": "exit"})
-        except (RealError, ChildFailed):
-            pass
         child.chan.close()
         if not child.ident.wait_gone(EXIT_TIMEOUT_S, child.poll):
             self._kill_one(child.ident, child.popen)
@@ -193,7 +221,8 @@ class ChildPool:
         """SIGKILL a process (if it is still this very process) and wait until it is gone."""
         ident.kill(signal.SIGKILL)
         ok = ident.wait_gone(EXIT_TIMEOUT_S, popen.poll if popen is not None else None)
-        self._forget(ident)
+        if ok:
+            self._forget(ident)
         return ok
 
     def kill_all(self) -> list[str]:

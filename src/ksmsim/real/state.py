@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -117,14 +118,16 @@ class StateFile:
         self.path = directory / STATE_NAME
 
     def write(self, state: SavedState) -> None:
-        """Write the state atomically (temporary file, fsync, rename)."""
+        """Write the state atomically (temporary file, rename).
+
+        No fsync: the file only has to outlive the runner, not the machine (a reboot resets
+        KSM anyway), and /run is often tmpfs.
+        """
         self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         with open(tmp, "w") as f:
             json.dump(state.to_json(), f, indent=1)
             f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, self.path)
 
     def read(self) -> SavedState | None:
@@ -182,7 +185,7 @@ def restore_kernel(
     return problems
 
 
-def recover(control_for: type[KsmControl], directory: Path) -> str | None:
+def recover(control_for: Callable[[str], KsmControl], directory: Path) -> str | None:
     """Restore from a state file left by a runner that died; return what was done, or None.
 
     The caller holds the lock. A state file whose runner is alive cannot exist then (the lock
