@@ -156,7 +156,7 @@ def bench_memory(frames: int) -> dict[str, Any]:
     # Traced run: Python allocations made by the setup, by file.
     tracemalloc.start()
     base = tracemalloc.take_snapshot()
-    machine, procs = populate(frames, pool)
+    machine, _procs = populate(frames, pool)
     gc.collect()
     current, peak = tracemalloc.get_traced_memory()
     snap = tracemalloc.take_snapshot()

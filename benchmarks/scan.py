@@ -81,12 +81,18 @@ def main() -> None:
         "results": results,
         "kernel_ksmd_rates_pages_per_s": KERNEL_RATES,
         "ratio_to_kernel": {
-            "first_pass_unique": round(results["unique"]["passes"][0]["pages_per_s"] / KERNEL_RATES["first_pass"], 3),
+            "first_pass_unique": round(
+                results["unique"]["passes"][0]["pages_per_s"] / KERNEL_RATES["first_pass"], 3
+            ),
             "unique_merging_passes": round(
-                min(p["pages_per_s"] for p in results["unique"]["passes"][1:]) / KERNEL_RATES["unique_merging"], 3
+                min(p["pages_per_s"] for p in results["unique"]["passes"][1:])
+                / KERNEL_RATES["unique_merging"],
+                3,
             ),
             "identical_merging_pass": round(
-                results["identical"]["passes"][1]["pages_per_s"] / KERNEL_RATES["identical_merging"], 3
+                results["identical"]["passes"][1]["pages_per_s"]
+                / KERNEL_RATES["identical_merging"],
+                3,
             ),
         },
     }

@@ -44,6 +44,20 @@ def _write_json(doc: dict[str, Any], out: str | None) -> None:
             raise UsageError(f"cannot write {out}: {exc.strerror}") from None
 
 
+def _report_result(result: dict[str, Any]) -> int:
+    """Print a result's failed expectations and fatal errors on stderr; return the exit status."""
+    for failure in result["expect_failures"]:
+        print(
+            f"expect failed at {failure['label']}: {failure['counter']} expected "
+            f"{failure['expected']}, got {failure['actual']}",
+            file=sys.stderr,
+        )
+    for err in result["errors"]:
+        if err.get("fatal"):
+            print(f"error: {err['path']}: {err['message']}", file=sys.stderr)
+    return EXIT_OK if result["ok"] else EXIT_FAILED
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a scenario on the model and print (or write) its result."""
     from ksmsim.workload.runner import RunError, run_scenario
@@ -57,16 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UsageError(f"{exc} (the result so far is in {args.output})") from None
         raise UsageError(str(exc)) from None
     _write_json(result, args.output)
-    for failure in result["expect_failures"]:
-        print(
-            f"expect failed at {failure['label']}: {failure['counter']} expected "
-            f"{failure['expected']}, got {failure['actual']}",
-            file=sys.stderr,
-        )
-    for err in result["errors"]:
-        if err.get("fatal"):
-            print(f"error: {err['path']}: {err['message']}", file=sys.stderr)
-    return EXIT_OK if result["ok"] else EXIT_FAILED
+    return _report_result(result)
 
 
 def cmd_real(args: argparse.Namespace) -> int:
@@ -96,16 +101,36 @@ def cmd_real(args: argparse.Namespace) -> int:
         print(f"ksmsim: {exc}; KSM was restored", file=sys.stderr)
         return exc.exit_status
     _write_json(result, args.output)
-    for failure in result["expect_failures"]:
-        print(
-            f"expect failed at {failure['label']}: {failure['counter']} expected "
-            f"{failure['expected']}, got {failure['actual']}",
-            file=sys.stderr,
+    return _report_result(result)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Compare the model with the kernel (live, or results recorded earlier) per snapshot."""
+    from ksmsim.real.errors import Interrupted, RealError
+    from ksmsim.validate import ValidateError, validate
+    from ksmsim.workload.runner import RunError
+
+    kernel_runner = None
+    if args.model_only is None:
+        from ksmsim.real.runner import run_real
+
+        kernel_runner = run_real
+    try:
+        comparisons = validate(
+            args.scenarios,
+            recorded=args.model_only,
+            kernel_runner=kernel_runner,
+            kernel=args.kernel,
+            out=sys.stdout,
+            only_differences=args.differences,
+            record_dir=args.record,
         )
-    for err in result["errors"]:
-        if err.get("fatal"):
-            print(f"error: {err['path']}: {err['message']}", file=sys.stderr)
-    return EXIT_OK if result["ok"] else EXIT_FAILED
+    except (ValidateError, RunError, RealError) as exc:
+        raise UsageError(str(exc)) from None
+    except Interrupted as exc:
+        print(f"ksmsim: {exc}; KSM was restored", file=sys.stderr)
+        return exc.exit_status
+    return EXIT_OK if all(c.equal for c in comparisons) else EXIT_FAILED
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -154,6 +179,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="restore KSM's tunables and end leftover processes after a runner died",
     )
     real.set_defaults(func=cmd_real)
+
+    val = sub.add_parser(
+        "validate",
+        help="run scenarios on the model and on the kernel and compare them snapshot by snapshot",
+    )
+    val.add_argument("scenarios", nargs="+", metavar="SCENARIO", help="scenario files")
+    val.add_argument(
+        "--model-only",
+        nargs="+",
+        metavar="RESULT",
+        help="compare with these recorded kernel results (one per scenario) instead of running "
+        "the kernel",
+    )
+    val.add_argument("--kernel", help="model profile to run (default: each scenario's, v6.18)")
+    val.add_argument(
+        "--record", metavar="DIR", help="also write each kernel result to DIR/NAME.json"
+    )
+    val.add_argument(
+        "--differences", action="store_true", help="print only the counters that differ"
+    )
+    val.set_defaults(func=cmd_validate)
 
     profiles = sub.add_parser("profiles", help="list the kernel profiles the model has")
     profiles.set_defaults(func=cmd_profiles)

@@ -38,7 +38,9 @@ def run_ksm01(pages_per_proc: int, unit_pages: int, *, check: bool) -> list[tupl
         if check:
             check_all(host.machine)
         c = host.counters()
-        seen.append((c["pages_shared"], c["pages_sharing"], c["pages_volatile"], c["pages_unshared"]))
+        seen.append(
+            (c["pages_shared"], c["pages_sharing"], c["pages_volatile"], c["pages_unshared"])
+        )
     host.sysfs.write("run", 2)
     c = host.counters()
     seen.append((c["pages_shared"], c["pages_sharing"], c["pages_volatile"], c["pages_unshared"]))
@@ -52,7 +54,14 @@ def run_ksm01(pages_per_proc: int, unit_pages: int, *, check: bool) -> list[tupl
 
 def expected(n: int) -> list[tuple[int, ...]]:
     """LTP's (shared, sharing, volatile, unshared) per round, then after run=2 and run=0."""
-    return [(2, n - 2, 0, 0), (3, n - 3, 0, 0), (1, n - 1, 0, 0), (1, n - 2, 0, 1), (0, 0, 0, 0), (0, 0, 0, 0)]
+    return [
+        (2, n - 2, 0, 0),
+        (3, n - 3, 0, 0),
+        (1, n - 1, 0, 0),
+        (1, n - 2, 0, 1),
+        (0, 0, 0, 0),
+        (0, 0, 0, 0),
+    ]
 
 
 @pytest.mark.parametrize(("pages", "unit"), [(8, 8), (64, 16), (MIB_PAGES, MIB_PAGES)])

@@ -51,7 +51,7 @@ def _page_at(mm: MmStruct, addr: int) -> Page:
 
 
 def test_fork_copies_areas_and_joins_anon_vma() -> None:
-    m, mm, a = _setup()
+    m, mm, _a = _setup()
     child = m.fork(mm, "child")
     assert child.pid == mm.pid + 1 and child.name == "child"
     assert m.tasks == {mm.pid: mm, child.pid: child}

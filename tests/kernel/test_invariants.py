@@ -180,7 +180,9 @@ CORRUPTIONS: list[tuple[str, Callable[[World], None], str]] = [
 ]
 
 
-@pytest.mark.parametrize(("corrupt", "message"), [c[1:] for c in CORRUPTIONS], ids=[c[0] for c in CORRUPTIONS])
+@pytest.mark.parametrize(
+    ("corrupt", "message"), [c[1:] for c in CORRUPTIONS], ids=[c[0] for c in CORRUPTIONS]
+)
 def test_corruption_is_detected(corrupt: Callable[[World], None], message: str) -> None:
     w = _world()
     check_all(w.m)

@@ -271,5 +271,5 @@ def test_get_profile() -> None:
     for name, why in PLANNED_PROFILES.items():
         with pytest.raises(UnknownProfile, match=re.escape(why)):
             get_profile(name)
-    with pytest.raises(UnknownProfile, match="unknown kernel profile 'nope' .known: "):
+    with pytest.raises(UnknownProfile, match=r"unknown kernel profile 'nope' .known: "):
         get_profile("nope")

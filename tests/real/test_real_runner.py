@@ -351,3 +351,17 @@ def test_refused_start_tunable_restores_and_exits_2(tmp_path: Path) -> None:
     proc = ksmsim("real", write_scenario(tmp_path, doc))
     assert proc.returncode == 2
     assert "tunables.max_page_sharing" in one_line(proc.stderr)
+
+
+def test_exact_flag_tells_whether_ksmd_stopped_at_the_boundary() -> None:
+    """With sleep_millisecs = 0 ksmd starts the next scan at once and usually runs past the
+    boundary; ``exact`` says whether it did (full_scans ends where asked, or not)."""
+    doc = json.loads(json.dumps(SMALL))
+    doc["tunables"] = {"sleep_millisecs": 0}
+    doc["timeline"] = [{"op": "scan", "label": "s", "full_scans": 5}]
+    notices: list[str] = []
+    result = run_real(parse_scenario(doc, "zero-sleep"), notify=notices.append)
+    full_scans = result["snapshots"][0]["global"]["full_scans"]
+    assert full_scans >= 5
+    assert result["scans"][0]["exact"] == [full_scans == 5]
+    assert bool(notices) == (full_scans != 5)

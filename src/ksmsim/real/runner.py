@@ -727,6 +727,14 @@ class RealRunner:
         elif not self._run_passes(a.full_scans, a, record):
             completed = False
             self._scan_timeout(a, record)
+        if not all(record["exact"]):
+            sleep = (
+                self.control.read("sleep_millisecs") if self.control.has("sleep_millisecs") else "?"
+            )
+            self.notify(
+                f"ksmsim: warning: {a.path}: ksmd ran on past the scan boundary before it could "
+                f"be stopped (sleep_millisecs = {sleep}); the counters after it are not exact"
+            )
         if a.snapshot and not a.snapshot_each:
             snap = self.snapshot(a.label, a.expect)
             snap["timed_out"] = not completed

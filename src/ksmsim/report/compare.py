@@ -71,7 +71,10 @@ def _flatten(snap: dict[str, Any]) -> dict[str, Any]:
 
 
 def compare_results(
-    left: dict[str, Any], right: dict[str, Any], left_name: str = "model", right_name: str = "kernel"
+    left: dict[str, Any],
+    right: dict[str, Any],
+    left_name: str = "model",
+    right_name: str = "kernel",
 ) -> Comparison:
     """Compare two result documents of one scenario."""
     comp = Comparison(str(left.get("scenario", "?")), left_name, right_name)
@@ -80,7 +83,9 @@ def compare_results(
     llabels = [s["label"] for s in lsnaps]
     rlabels = [s["label"] for s in rsnaps]
     if llabels != rlabels:
-        comp.problems.append(f"snapshot labels differ: {left_name} {llabels} vs {right_name} {rlabels}")
+        comp.problems.append(
+            f"snapshot labels differ: {left_name} {llabels} vs {right_name} {rlabels}"
+        )
     rby = {s["label"]: s for s in rsnaps}
     for snap in lsnaps:
         other = rby.get(snap["label"])
@@ -129,9 +134,8 @@ def print_comparison(comp: Comparison, out: TextIO, *, only_differences: bool = 
         out.write(f"   !! {problem}\n")
     for snap in comp.snapshots:
         rows = snap.differences if only_differences else snap.rows
-        if not rows:
-            if only_differences:
-                continue
+        if not rows and only_differences:
+            continue
         out.write(f"   [{snap.label}]\n")
         width = max((len(r.key) for r in rows), default=10)
         out.write(f"     {'counter':<{width}} {comp.left_name:>14} {comp.right_name:>14}\n")

@@ -37,8 +37,23 @@ def random_mix(seed: int, *, steps: int = 30, kernel: str | None = None) -> dict
         region = rng.choice(sorted(procs[proc]))
         return proc, region, procs[proc][region]
 
-    ops = ["fill", "write", "read", "mmap", "munmap", "madvise", "fork", "exit", "scan", "scan",
-           "scan", "set", "unmerge_all", "digest", "snapshot"]
+    ops = [
+        "fill",
+        "write",
+        "read",
+        "mmap",
+        "munmap",
+        "madvise",
+        "fork",
+        "exit",
+        "scan",
+        "scan",
+        "scan",
+        "set",
+        "unmerge_all",
+        "digest",
+        "snapshot",
+    ]
     for _ in range(steps):
         op = rng.choice(ops)
         if op in ("fork", "exit") and not procs:
@@ -52,14 +67,29 @@ def random_mix(seed: int, *, steps: int = 30, kernel: str | None = None) -> dict
         if op == "fill":
             proc, region, pages = pick()
             start = rng.randrange(pages)
-            timeline.append({"op": "fill", "proc": proc, "region": region,
-                             "pattern": rng.choice(PATTERNS), "start": start,
-                             "count": rng.randint(1, pages - start)})
+            timeline.append(
+                {
+                    "op": "fill",
+                    "proc": proc,
+                    "region": region,
+                    "pattern": rng.choice(PATTERNS),
+                    "start": start,
+                    "count": rng.randint(1, pages - start),
+                }
+            )
         elif op == "write":
             proc, region, pages = pick()
-            timeline.append({"op": "write", "proc": proc, "region": region,
-                             "value": rng.randrange(256), "offset": rng.randrange(4096),
-                             "start": rng.randrange(pages), "stride": rng.randint(1, 3)})
+            timeline.append(
+                {
+                    "op": "write",
+                    "proc": proc,
+                    "region": region,
+                    "value": rng.randrange(256),
+                    "offset": rng.randrange(4096),
+                    "start": rng.randrange(pages),
+                    "stride": rng.randint(1, 3),
+                }
+            )
         elif op == "read":
             proc, region, pages = pick()
             timeline.append({"op": "read", "proc": proc, "region": region})
@@ -69,20 +99,43 @@ def random_mix(seed: int, *, steps: int = 30, kernel: str | None = None) -> dict
             name = f"m{region_seq}"
             region_seq += 1
             procs[proc][name] = pages
-            timeline.append({"op": "mmap", "proc": proc, "region": {
-                "name": name, "pages": pages, "fill": rng.choice(PATTERNS),
-                "mergeable": rng.random() < 0.85}})
+            timeline.append(
+                {
+                    "op": "mmap",
+                    "proc": proc,
+                    "region": {
+                        "name": name,
+                        "pages": pages,
+                        "fill": rng.choice(PATTERNS),
+                        "mergeable": rng.random() < 0.85,
+                    },
+                }
+            )
         elif op == "munmap":
             proc, region, pages = pick()
             start = rng.randrange(pages)
-            timeline.append({"op": "munmap", "proc": proc, "region": region, "start": start,
-                             "count": rng.randint(1, max(1, (pages - start) // 2))})
+            timeline.append(
+                {
+                    "op": "munmap",
+                    "proc": proc,
+                    "region": region,
+                    "start": start,
+                    "count": rng.randint(1, max(1, (pages - start) // 2)),
+                }
+            )
         elif op == "madvise":
             proc, region, pages = pick()
             start = rng.randrange(pages)
-            timeline.append({"op": "madvise", "proc": proc, "region": region,
-                             "advice": rng.choice(["mergeable", "unmergeable", "dontneed"]),
-                             "start": start, "count": rng.randint(1, pages - start)})
+            timeline.append(
+                {
+                    "op": "madvise",
+                    "proc": proc,
+                    "region": region,
+                    "advice": rng.choice(["mergeable", "unmergeable", "dontneed"]),
+                    "start": start,
+                    "count": rng.randint(1, pages - start),
+                }
+            )
         elif op == "fork":
             parent = rng.choice(sorted(procs))
             child = next(names)
@@ -94,13 +147,23 @@ def random_mix(seed: int, *, steps: int = 30, kernel: str | None = None) -> dict
             timeline.append({"op": "exit", "proc": proc})
         elif op == "scan":
             snaps += 1
-            timeline.append({"op": "scan", "full_scans": rng.randint(1, 3),
-                             "label": f"s{snaps}", "snapshot_each": rng.random() < 0.3,
-                             "allow_timeout": True})
+            timeline.append(
+                {
+                    "op": "scan",
+                    "full_scans": rng.randint(1, 3),
+                    "label": f"s{snaps}",
+                    "snapshot_each": rng.random() < 0.3,
+                    "allow_timeout": True,
+                }
+            )
         elif op == "set":
-            name, value = rng.choice([("use_zero_pages", rng.randint(0, 1)),
-                                      ("smart_scan", rng.randint(0, 1)),
-                                      ("pages_to_scan", rng.choice([7, 50, 100000]))])
+            name, value = rng.choice(
+                [
+                    ("use_zero_pages", rng.randint(0, 1)),
+                    ("smart_scan", rng.randint(0, 1)),
+                    ("pages_to_scan", rng.choice([7, 50, 100000])),
+                ]
+            )
             timeline.append({"op": "set", "tunables": {name: value}})
         elif op == "unmerge_all":
             snaps += 1
