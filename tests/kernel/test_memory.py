@@ -52,12 +52,9 @@ from ksmsim.kernel.page import (
     PG_active,
     PG_lru,
     PG_swapbacked,
-    PG_swapcache,
     PG_uptodate,
-    set_page_stable_node,
 )
 from ksmsim.kernel.profile import KEYHOLE
-from ksmsim.kernel.swapfile import reuse_swap_page
 
 P = PAGE_SIZE
 ZERO_PTE = _PAGE_PRESENT | _PAGE_SPECIAL | _PAGE_ACCESSED
@@ -421,25 +418,7 @@ def test_is_cow_mapping() -> None:
     assert not is_cow_mapping(VM_READ | VM_WRITE | VM_MAYSHARE | VM_SHARED | VM_MAYWRITE)
 
 
-# --- swapfile.reuse_swap_page ---------------------------------------------------------------
-def test_reuse_swap_page() -> None:
-    p = Page(1)
-    p.mapping_flags = PAGE_MAPPING_ANON
-    for mapcount, expected in ((0, True), (1, True), (2, False)):
-        p.mapcount = mapcount
-        assert reuse_swap_page(p) is expected
-    p.mapcount = 1
-    p.flags = PG_swapcache
-    assert reuse_swap_page(p, swapcount=0) is True
-    assert reuse_swap_page(p, swapcount=1) is False
-    p.mapcount = 0
-    assert reuse_swap_page(p, swapcount=1) is True
-    p.flags = 0
-    p.mapcount = 1
-    assert reuse_swap_page(p, swapcount=5) is True  # swapcount counts only in the swap cache
-    set_page_stable_node(p, None)
-    p.mapcount = 1
-    assert reuse_swap_page(p) is False
+# --- swapfile.reuse_swap_page: see tests/kernel/test_swap.py ------------------------------
 
 
 # --- contents -------------------------------------------------------------------------------

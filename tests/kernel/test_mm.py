@@ -239,9 +239,9 @@ def test_machine_config_defaults() -> None:
     )
 
 
-def test_machine_refuses_swap() -> None:
-    with pytest.raises(ValueError, match="swap"):
-        Machine(KEYHOLE, MachineConfig(ram_pages=4, swap_pages=4))
+def test_machine_with_swap_has_a_device() -> None:
+    m = Machine(KEYHOLE, MachineConfig(ram_pages=4, swap_pages=4))
+    assert m.swap is not None and m.swap.nr_slots == 4 and m.swap.nr_free() == 4
 
 
 def test_new_machine_state() -> None:

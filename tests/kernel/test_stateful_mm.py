@@ -15,6 +15,8 @@ nothing, so the shadow stays as it was.
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -79,11 +81,20 @@ class MemoryModel(RuleBasedStateMachine):
         return data.draw(st.sampled_from(pids), label="pid")
 
     def _pick_addr(self, data: st.DataObject, pid: int) -> int:
-        """A page address near the process's mappings: usually mapped, sometimes a hole."""
+        """A page address near the process's mappings: usually mapped, sometimes a hole.
+
+        The anchor is a mapped page, or the first or last page of an area, so that ranges
+        often start or end at area boundaries (where splits and merges happen).
+        """
         pages = sorted(self.shadow[pid])
         if not pages:
             return self.procs[pid].mmap_base - P
-        anchor = data.draw(st.sampled_from(pages), label="anchor")
+        how = data.draw(st.integers(0, 3), label="anchor kind")
+        if how == 0:
+            anchor = data.draw(st.sampled_from(pages), label="anchor")
+        else:
+            vma = data.draw(st.sampled_from(self.procs[pid].mmap), label="area")
+            anchor = vma.vm_start if how != 3 else vma.vm_end - P
         stray = data.draw(st.integers(0, 7), label="stray")
         shift = (0, 0, 0, 0, 1, -1, 2, -2)[stray] if stray >= 4 else 0
         return anchor + shift * P
@@ -304,6 +315,21 @@ class MemoryModel(RuleBasedStateMachine):
         zone = self.m.zone
         used = zone.present_pages - zone.nr_free
         assert used <= sum(len(s) for s in self.shadow.values())
+
+    @invariant()
+    def areas_are_merged(self) -> None:
+        """Adjacent areas that could merge (equal flags, compatible anon_vmas) have merged."""
+        if not hasattr(self, "m"):
+            return
+        for mm in self.procs.values():
+            for vma in mm.mmap:
+                assert vma.vm_pgoff == vma.vm_start >> 12, f"{mm.name}: {vma!r} pgoff"
+            for lo, hi in itertools.pairwise(mm.mmap):
+                assert not (
+                    lo.vm_end == hi.vm_start
+                    and lo.vm_flags == hi.vm_flags
+                    and (lo.anon_vma is None or hi.anon_vma is None or lo.anon_vma is hi.anon_vma)
+                ), f"{mm.name}: {lo!r} and {hi!r} should have merged"
 
     @invariant()
     def memory_matches_shadow(self) -> None:

@@ -520,10 +520,15 @@ class Ksm:
             if ret & (VM_FAULT_WRITE | VM_FAULT_SIGBUS | VM_FAULT_OOM):
                 return -ENOMEM if ret & VM_FAULT_OOM else 0
 
-    def break_cow(self, rmap_item: RmapItem) -> None:
-        """Undo a merge at the item's address, dropping its anon_vma pin first: break_cow()."""
+    def break_cow(self, rmap_item: RmapItem, drop_anon_vma: bool = True) -> None:
+        """Undo a merge at the item's address, dropping its anon_vma pin first: break_cow().
+
+        The pinned design's break_cow() left the pin to its callers; the one caller that had
+        none to drop (a KSM page no stable node knows) passes ``drop_anon_vma=False``.
+        """
         self.work.break_cows += 1
-        self.drop_anon_vma(rmap_item)
+        if drop_anon_vma:
+            self.drop_anon_vma(rmap_item)
         addr = rmap_item.address & PAGE_MASK
         vma = self.find_mergeable_vma(rmap_item.mm, addr)
         if vma is not None:
@@ -625,10 +630,12 @@ class Ksm:
         page lives); an unstable item is rb_erased only if it belongs to the current pass.
         """
         address = rmap_item.address
-        if address & STABLE_FLAG:
+        if address & STABLE_FLAG and self.profile.stable_node_pins_page:
+            self._remove_pinned_rmap_item(rmap_item)
+        elif address & STABLE_FLAG:
             stable_node = rmap_item.head
             assert stable_node is not None
-            if self.profile.stable_node_pins_page or not self.profile.checksum_before_stable_tree:
+            if not self.profile.checksum_before_stable_tree:
                 page = self._get_ksm_page(stable_node)
                 if page is None:
                     return
@@ -659,6 +666,30 @@ class Ksm:
                 rb_erase(rmap_item, self.root_unstable_tree)
             self.ksm_pages_unshared -= 1
             rmap_item.address = address & PAGE_MASK
+
+    def _remove_pinned_rmap_item(self, rmap_item: RmapItem) -> None:
+        """The pinned design's removal of a stable item (db114b83): the node goes, and its page
+        is unpinned, exactly when its last item does."""
+        stable_node = rmap_item.head
+        assert stable_node is not None and stable_node.page is not None
+        page = stable_node.page
+        self.machine.lock_page(page)
+        self._hlist_del(rmap_item, stable_node)
+        stable_node.rmap_hlist_len -= 1
+        rmap_item.mm.ksm_merging_pages -= 1
+        if stable_node.hlist is not None:
+            unlock_page(page)
+            self.ksm_pages_sharing -= 1
+        else:
+            set_page_stable_node(page, None)
+            unlock_page(page)
+            rb_erase(stable_node, self.root_stable_tree)
+            stable_node.page = None
+            self.ksm_pages_shared -= 1
+            self.machine.zone.put_page(page)  # the pin
+        self.drop_anon_vma(rmap_item)
+        rmap_item.head = None
+        rmap_item.address &= PAGE_MASK
 
     @staticmethod
     def _hlist_del(rmap_item: RmapItem, stable_node: StableNode) -> None:
@@ -1229,8 +1260,8 @@ class Ksm:
             return
         if not self.profile.checksum_before_stable_tree:
             if self.profile.break_ksm_page_after_failed_search and PageKsm(page):
-                self.break_cow(rmap_item)
-                return
+                # A KSM page reached by fork after its node went, or left by a failed break.
+                self.break_cow(rmap_item, drop_anon_vma=False)
             checksum = self.calc_checksum(page)
             if rmap_item.oldchecksum != checksum:
                 rmap_item.oldchecksum = checksum
@@ -1396,6 +1427,10 @@ class Ksm:
         if slot is head:
             if self.profile.advisor:
                 self.advisor.advisor_start_scan()
+            if self.profile.lru_add_drain_each_pass:
+                # Pages held in per-CPU LRU buffers have a raised count that would stop
+                # write_protect_page() merging them: drain them first.
+                self.machine.lru_add_drain_all()
             self.root_unstable_tree.rb_node = None
             slot = head.mm_next
             scan.mm_slot = slot
@@ -1632,6 +1667,59 @@ class Ksm:
         """Tell KSM an mm is being torn down: ksm_exit()."""
         if mm.flags & MMF_VM_MERGEABLE:
             self.__ksm_exit(mm)
+
+    # -- reverse maps for reclaim and migration ---------------------------------------------------
+    def page_stable_node_of(self, page: Page) -> StableNode | None:
+        """Return the stable node a KSM page's mapping carries (None for a NULL node)."""
+        node = page_stable_node(page)
+        assert node is None or isinstance(node, StableNode)
+        return node
+
+    def rmap_walk_ksm(self, page: Page) -> Iterator[tuple[VmArea, int]]:
+        """Yield (vma, address) for each pte mapping a KSM page, found through its stable node:
+        rmap_walk_ksm() / try_to_unmap_ksm() / page_referenced_ksm().
+
+        For each item on the node, the VMAs of its anon_vma that cover its address: first those
+        of the item's own mm, then, in a second round, those of other mms (children forked
+        since ksmd passed, which map the page without an item of their own).
+        """
+        node = self.page_stable_node_of(page)
+        if node is None:
+            return
+        for search_new_forks in (False, True):
+            for item in list(node.items()):
+                anon_vma = item.anon_vma
+                if anon_vma is None:
+                    continue
+                addr = item.address & PAGE_MASK
+                for vma in list(anon_vma.head):
+                    if addr < vma.vm_start or addr >= vma.vm_end:
+                        continue
+                    if (item.mm is vma.vm_mm) == search_new_forks:
+                        continue
+                    if page_check_address(page, vma.vm_mm, addr):
+                        yield vma, addr
+
+    def ksm_might_need_to_copy(self, page: Page, vma: VmArea, address: int) -> bool:
+        """Tell whether a swapped-in page must be copied for this mapping rather than mapped:
+        ksm_might_need_to_copy(). In 2.6.33 a page already anonymous for another anon_vma or
+        index is copied, and a KSM page never (page_anon_vma() is NULL for it); 6.x copies a KSM
+        page with no stable node, or while run=2 unmerges."""
+        if self.profile.checksum_before_stable_tree:
+            if PageKsm(page):
+                return page_stable_node(page) is None or bool(self.ksm_run & KSM_RUN_UNMERGE)
+        anon_vma = page.mapping if page.mapping_flags == PAGE_MAPPING_ANON else None
+        if anon_vma is None:
+            return False
+        return anon_vma is not vma.anon_vma or page.index != vma.linear_page_index(address)
+
+    def ksm_migrate_page(self, newpage: Page, oldpage: Page) -> None:
+        """Make a migrated KSM page's node point at its new frame: ksm_migrate_page() (2.6.33)."""
+        node = self.page_stable_node_of(oldpage)
+        if node is not None:
+            node.page = newpage
+            set_page_stable_node(newpage, node)
+            set_page_stable_node(oldpage, None)
 
     # -- inspection ------------------------------------------------------------------------------
     def slots(self) -> Iterator[MmSlot]:

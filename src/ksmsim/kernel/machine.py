@@ -17,12 +17,14 @@ from ksmsim.kernel.contents import ZERO_DATA
 from ksmsim.kernel.fork import dup_mm, mmput
 from ksmsim.kernel.ksm import Ksm
 from ksmsim.kernel.mm import MmStruct, VmArea
-from ksmsim.kernel.page import Page, PG_active, PG_locked, PG_lru
+from ksmsim.kernel.page import PAGE_SHIFT, PG_active, PG_locked, PG_lru, Page
 from ksmsim.kernel.page_alloc import ReuseOrder, Zone
 from ksmsim.kernel.profile import Profile
-from ksmsim.kernel.swapfile import reuse_swap_page
+from ksmsim.kernel.swapfile import SwapInfo, free_swap_and_cache, reuse_swap_page
+from ksmsim.kernel.vmscan import Lru, balance_pgdat, try_to_free_pages, watermarks
 
 NSEC_PER_SEC: Final = 1_000_000_000
+PAGEVEC_SIZE: Final = 14
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,10 @@ class MachineConfig:
     hz: int = 250
     cpus: int = 2
     reuse_order: ReuseOrder = "hot"
+    lru_pagevec: bool = False
+    """Model the per-CPU LRU add buffers of 2.6.33 (notes 11.1): a new page keeps an extra
+    reference until 14 pages have been added on its CPU (a profile without lru_add_drain_all
+    only; 6.x drains them at every pass start)."""
 
 
 @dataclass(slots=True)
@@ -51,10 +57,20 @@ class Machine:
 
     def __init__(self, profile: Profile, config: MachineConfig | None = None) -> None:
         self.config = config or MachineConfig()
-        if self.config.swap_pages:
-            raise ValueError("swap devices are not modelled yet: set swap_pages to 0")
         self.profile = profile
         self.zone = Zone(self.config.ram_pages, ZERO_DATA, self.config.reuse_order)
+        self.zone.on_free = self._page_freed
+        self.swap: SwapInfo | None = SwapInfo(self.config.swap_pages) if self.config.swap_pages else None
+        self.swap_cache: dict[int, Page] = {}
+        self.lru = Lru()
+        self.watermarks = watermarks(self.config.ram_pages)
+        self.kswapd_wanted = False
+        self.pagevecs: list[list[Page]] = [[] for _ in range(self.config.cpus)]
+        self.current_cpu = 0
+        self.ksm_unmapped_at: dict[Page, int] = {}
+        """When reclaim last unmapped each KSM page still in memory (ns)."""
+        self.ksm_free_delays_ns: list[int] = []
+        """For each KSM page freed after reclaim unmapped it: the delay to its freeing."""
         self.preempt: Callable[[str], None] | None = None
         self.clock_ns = 0
         self.nr_anon_pages = 0
@@ -91,12 +107,83 @@ class Machine:
 
     # -- memory ----------------------------------------------------------------------------------
     def alloc_page(self) -> Page | None:
-        """Allocate a frame for a user or KSM page, or None when memory is exhausted."""
-        return self.zone.alloc_page()
+        """Allocate a frame for a user or KSM page, reclaiming directly when free memory is at
+        the min watermark and waking kswapd below the low one; None when nothing can be
+        reclaimed (the caller reports the out-of-memory event): __alloc_pages()."""
+        zone = self.zone
+        wmin, low, _high = self.watermarks
+        can_reclaim = self.swap is not None
+        if zone.nr_free <= wmin and can_reclaim:
+            try_to_free_pages(self)
+        page = zone.alloc_page()
+        retries = 8
+        while page is None and can_reclaim and retries:
+            retries -= 1
+            if not try_to_free_pages(self):
+                break
+            page = zone.alloc_page()
+        if zone.nr_free < low and can_reclaim:
+            self.kswapd_wanted = True
+        return page
+
+    def kswapd(self) -> int:
+        """Let kswapd reclaim to the high watermark if an allocation woke it; return how many
+        pages it freed. kswapd runs between operations and between ksmd's batches."""
+        if not self.kswapd_wanted:
+            return 0
+        self.kswapd_wanted = False
+        return balance_pgdat(self)
 
     def lru_cache_add_active(self, page: Page) -> None:
-        """Put a new anonymous page on the active LRU list: lru_cache_add_lru(LRU_ACTIVE_ANON)."""
-        page.flags |= PG_lru | PG_active
+        """Put a new anonymous page on the active LRU list: lru_cache_add_lru(LRU_ACTIVE_ANON),
+        through the CPU's pagevec when those are modelled."""
+        self._lru_cache_add(page, active=True)
+
+    def lru_cache_add_inactive(self, page: Page) -> None:
+        """Put a page read from swap on the inactive LRU list: lru_cache_add_anon()."""
+        self._lru_cache_add(page, active=False)
+
+    def _lru_cache_add(self, page: Page, active: bool) -> None:
+        if not self.config.lru_pagevec:
+            self.lru.add(page, active)
+            return
+        pvec = self.pagevecs[self.current_cpu]
+        page.count += 1  # the pagevec's reference
+        pvec.append(page)
+        if active:
+            page.flags |= PG_active
+        if len(pvec) >= PAGEVEC_SIZE:
+            self.lru_add_drain(self.current_cpu)
+
+    def lru_add_drain(self, cpu: int) -> None:
+        """Move a CPU's buffered pages onto the LRU, dropping their references: lru_add_drain()."""
+        pvec = self.pagevecs[cpu]
+        self.pagevecs[cpu] = []
+        for page in pvec:
+            if page.count > 1:
+                self.lru.add(page, bool(page.flags & PG_active))
+                page.count -= 1
+            else:
+                page.count = 1
+                self.zone.put_page(page)
+
+    def lru_add_drain_all(self) -> None:
+        """Drain every CPU's pagevec: lru_add_drain_all()."""
+        for cpu in range(len(self.pagevecs)):
+            self.lru_add_drain(cpu)
+
+    def _page_freed(self, page: Page) -> None:
+        """Take a freed frame off the LRU and note how long a KSM page took to go."""
+        if page.flags & PG_lru:
+            self.lru.remove(page)
+        unmapped = self.ksm_unmapped_at.pop(page, None)
+        if unmapped is not None:
+            self.ksm_free_delays_ns.append(self.clock_ns - unmapped)
+
+    def note_ksm_unmapped(self, page: Page) -> None:
+        """Record that reclaim just unmapped every pte of a KSM page."""
+        self.ksm_unmapped_at.setdefault(page, self.clock_ns)
+        self.vmstat["ksm_pages_unmapped"] += 1
 
     def lock_page(self, page: Page) -> None:
         """Take the page lock, which nobody else can hold in a sequential run: lock_page()."""
@@ -106,7 +193,7 @@ class Machine:
 
     def reuse_swap_page(self, page: Page) -> bool:
         """Tell whether a write fault may reuse the page in place: reuse_swap_page()."""
-        return reuse_swap_page(page)
+        return reuse_swap_page(page, self)
 
     def ksm_might_unmap_zero_page(self, mm: MmStruct, pte: int) -> None:
         """Uncount a KSM-placed zero page whose pte is going: ksm_might_unmap_zero_page()."""
@@ -117,23 +204,29 @@ class Machine:
         """Record an allocation failure that nothing could be reclaimed for."""
         self.oom_events.append(OomEvent(self.clock_ns, mm.pid, mm.name, address))
 
-    # Swap and migration entries need a swap device or a migration in progress, neither of
-    # which exists yet; meeting one means the page tables are corrupt.
     def do_swap_page(self, vma: VmArea, address: int, pte: int, write: bool) -> int:
         """Fault a page back from swap: do_swap_page()."""
-        raise AssertionError(f"swap entry {pte:#x} at {address:#x} on a machine without swap")
+        from ksmsim.kernel.memory import do_swap_page
+
+        return do_swap_page(vma, address, pte, write)
 
     def free_swap_and_cache(self, pte: int) -> None:
         """Release the swap slot a zapped pte referred to: free_swap_and_cache()."""
-        raise AssertionError(f"swap entry {pte:#x} on a machine without swap")
+        free_swap_and_cache(self, pte >> PAGE_SHIFT)
 
     def swap_peek(self, pte: int) -> bytes:
-        """Return the contents stored in the swap slot a pte refers to."""
-        raise AssertionError(f"swap entry {pte:#x} on a machine without swap")
+        """Return the contents a swap pte stands for (the cached page's, else the slot's)."""
+        slot = pte >> PAGE_SHIFT
+        page = self.swap_cache.get(slot)
+        if page is not None and page.data is not None:
+            return page.data
+        assert self.swap is not None
+        return self.swap.data[slot]
 
     def swap_duplicate(self, pte: int) -> None:
         """Count another reference to a swap slot (fork): swap_duplicate()."""
-        raise AssertionError(f"swap entry {pte:#x} on a machine without swap")
+        assert self.swap is not None
+        self.swap.swap_duplicate(pte >> PAGE_SHIFT)
 
     def wait_migration_entry(self, vma: VmArea, address: int, pte: int) -> int:
         """Wait for a migration to finish: migration_entry_wait()."""
@@ -152,9 +245,9 @@ class Machine:
             "free_pages": zone.nr_free,
             "anon_pages": self.nr_anon_pages,
             "ksm_pages": ksm_pages,
-            "swap_cache_pages": 0,
-            "swap_used_pages": 0,
-            "pages_swapped_out": 0,
+            "swap_cache_pages": len(self.swap_cache),
+            "swap_used_pages": self.swap.inuse_pages if self.swap is not None else 0,
+            "pages_swapped_out": self.vmstat["pswpout"],
             "oom_events": len(self.oom_events),
         }
         if self.profile.scan_statistics:

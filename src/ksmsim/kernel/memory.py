@@ -17,6 +17,7 @@ from ksmsim.kernel.mm import (
     _PAGE_PRESENT,
     _PAGE_RW,
     _PAGE_SPECIAL,
+    VM_LOCKED,
     VM_MAYWRITE,
     VM_SHARED,
     VM_WRITE,
@@ -46,6 +47,7 @@ from ksmsim.kernel.page import (
 )
 from ksmsim.kernel.rmap import (
     anon_vma_prepare,
+    page_add_anon_rmap,
     page_add_new_anon_rmap,
     page_dup_rmap,
     page_remove_rmap,
@@ -320,3 +322,56 @@ def peek_user_page(mm: MmStruct, address: int) -> bytes | None:
         return mm.machine.swap_peek(pte)
     page = zone.zero_page if pte_special(pte) else zone.pfn_to_page(pte_pfn(pte))
     return page.data
+
+
+def do_swap_page(vma: VmArea, address: int, pte: int, write: bool) -> int:
+    """Fault a swapped-out page back in: do_swap_page() (2.6.33).
+
+    The slot's page is found in the swap cache or read back into it. KSM decides whether this
+    mapping may have that very page (``ksm_might_need_to_copy``): the first mapping to fault
+    after a KSM page was freed from the swap cache gets it as an ordinary anonymous page, other
+    mappings get private copies. A write takes the page over if nothing else needs it, else
+    copies it (``reuse_swap_page`` refuses KSM pages).
+    """
+    from ksmsim.kernel.swap_state import lookup_swap_cache, read_swap_cache_async
+    from ksmsim.kernel.swapfile import try_to_free_swap
+
+    mm = vma.vm_mm
+    machine = mm.machine
+    slot = pte >> PAGE_SHIFT
+    ret = 0
+    page = lookup_swap_cache(machine, slot)
+    if page is None:
+        page = read_swap_cache_async(machine, slot)
+        if page is None:
+            return VM_FAULT_OOM
+        ret = VM_FAULT_MAJOR
+        machine.vmstat["pgmajfault"] += 1
+    machine.lock_page(page)
+    if machine.ksm is not None and machine.ksm.ksm_might_need_to_copy(page, vma, address):
+        unlock_page(page)
+        new_page = machine.alloc_page()
+        machine.zone.put_page(page)  # the swap cache keeps the page for the other ptes
+        if new_page is None:
+            return VM_FAULT_OOM
+        copy_user_highpage(new_page, page)
+        new_page.flags |= PG_swapbacked | PG_uptodate
+        machine.lru_cache_add_active(new_page)
+        machine.vmstat["ksm_swpin_copy"] += 1
+        page = new_page
+        machine.lock_page(page)
+    mm.anon_rss += 1
+    new_pte = mk_pte(page.pfn, writable=False, dirty=False)
+    if write and machine.reuse_swap_page(page):
+        new_pte = mk_pte(page.pfn, writable=bool(vma.vm_flags & VM_WRITE))
+        write = False
+    mm.set_pte_at(address, new_pte)
+    page_add_anon_rmap(page, vma, address)
+    assert machine.swap is not None
+    machine.swap.swap_free(slot)
+    if machine.swap.vm_swap_full() or vma.vm_flags & VM_LOCKED:
+        try_to_free_swap(machine, page)
+    unlock_page(page)
+    if write:
+        ret |= do_wp_page(vma, address, new_pte)
+    return ret

@@ -9,6 +9,7 @@ freed under a stale pointer is reused at once; ``cold`` hands out the one freed 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Final, Literal
 
 from ksmsim.kernel.page import Page, PG_reserved
@@ -23,6 +24,7 @@ class Zone:
     """All of the machine's RAM as one zone: the frame table (mem_map) and the free pages."""
 
     __slots__ = (
+        "on_free",
         "_free",
         "_fresh",
         "mem_map",
@@ -49,6 +51,9 @@ class Zone:
         self._fresh = 1
         self._free: deque[Page] = deque()
         self.nr_free = present_pages
+        self.on_free: Callable[[Page], None] | None = None
+        """Called with each frame about to be freed, before its fields are reset (the LRU and
+        the statistics of the machine hook in here, as __page_cache_release() does)."""
 
     def pfn_to_page(self, pfn: int) -> Page:
         """Return the frame with this pfn, creating it if it was never handed out: pfn_to_page()."""
@@ -78,6 +83,8 @@ class Zone:
         """
         if page.mapcount or page.count:
             raise AssertionError(f"freeing a frame still in use: {page!r}")
+        if self.on_free is not None:
+            self.on_free(page)
         page.mapping = None
         page.mapping_flags = 0
         page.flags = 0

@@ -61,6 +61,15 @@ class Profile:
     find_mergeable_vma: bool = False
     """Merge paths look the VMA up with find_mergeable_vma() (mergeable, with an anon_vma) and
     take an item out of its tree only once its page is merged (3.x+)."""
+    lru_add_drain_each_pass: bool = False
+    """lru_add_drain_all() at the start of every pass (3.x+), so per-CPU LRU buffers never hold
+    back a merge."""
+    migrate_ksm_pages: bool = False
+    """KSM pages can be migrated (stable_node->kpfn follows them: ksm_migrate_page()); 2.6.33
+    allows it only for memory hot-remove, 6.x for compaction too."""
+    migrate_ksm_pages_compaction: bool = False
+    """Compaction may move KSM pages (6.x); otherwise migrate_pages() refuses them with EBUSY
+    unless memory is going offline."""
     sysfs_kstrtox: bool = False
     """sysfs stores parse with kstrtouint()/kstrtoint()/kstrtobool() rather than 2.6.33's
     strict_strtoul() (a leading '+' is accepted, out-of-range values give ERANGE)."""
@@ -106,14 +115,22 @@ V6_18: Final = Profile(
     find_mergeable_vma=True,
     vma_compat_6x=True,
     sysfs_kstrtox=True,
+    migrate_ksm_pages=True,
+    migrate_ksm_pages_compaction=True,
+    lru_add_drain_each_pass=True,
 )
 
-PROFILES: Final = {p.name: p for p in (KEYHOLE, V6_18)}
+V2_6_33: Final = Profile(
+    name="v2.6.33",
+    description="mm/ksm.c of the 2.6.33 release: the scanned page upgraded in place, no "
+    "max_kernel_pages, stable_node->kpfn and KSM page migration",
+    checksum="jhash2",
+    migrate_ksm_pages=True,
+)
 
-PLANNED_PROFILES: Final = {
-    "pinned": "the pinned profile (stable nodes pin their page) is not modelled yet",
-    "v2.6.33": "the v2.6.33 release profile is not modelled yet",
-}
+PROFILES: Final = {p.name: p for p in (KEYHOLE, PINNED, V2_6_33, V6_18)}
+
+PLANNED_PROFILES: Final[dict[str, str]] = {}
 
 
 class UnknownProfile(ValueError):
