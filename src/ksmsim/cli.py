@@ -133,6 +133,52 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK if all(c.equal for c in comparisons) else EXIT_FAILED
 
 
+def _parse_sets(items: list[str] | None) -> dict[str, int]:
+    """Parse ``--set name=value`` options into tunables."""
+    out: dict[str, int] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value.strip().isdigit():
+            raise UsageError(f"--set {item!r}: expected NAME=INTEGER")
+        out[name.strip()] = int(value)
+    return out
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Run one scenario under several kernel designs and compare what they did."""
+    import dataclasses
+
+    from ksmsim.report.experiment import plot, print_table, run_designs
+    from ksmsim.workload.runner import RunError
+
+    scenario = load_scenario(args.scenario)
+    sets = _parse_sets(args.set)
+    if sets:
+        scenario = dataclasses.replace(scenario, tunables={**scenario.tunables, **sets})
+    try:
+        designs = run_designs(scenario, args.kernel)
+    except RunError as exc:
+        raise UsageError(str(exc)) from None
+    print_table(designs, sys.stdout)
+    if args.output:
+        _write_json(
+            {
+                "scenario": scenario.name,
+                "tunables": scenario.tunables,
+                "designs": [d.summary() for d in designs],
+                "timeseries": {d.kernel: d.result["timeseries"] for d in designs},
+                "free_delays_s": {d.kernel: d.result["ksm_free_delays_s"] for d in designs},
+            },
+            args.output,
+        )
+    if args.plot:
+        try:
+            plot(designs, args.plot)
+        except (RuntimeError, OSError) as exc:
+            raise UsageError(str(exc)) from None
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the built-in demonstration workload."""
     from ksmsim.demo import run_demo
@@ -200,6 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--differences", action="store_true", help="print only the counters that differ"
     )
     val.set_defaults(func=cmd_validate)
+
+    cmp = sub.add_parser(
+        "compare", help="run one scenario under several kernel designs and compare them"
+    )
+    cmp.add_argument("scenario", help="the scenario file")
+    cmp.add_argument(
+        "--kernel", action="append", required=True, help="a profile to run (give two or more)"
+    )
+    cmp.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a tunable")
+    cmp.add_argument("-o", "--output", help="write the comparison as JSON here")
+    cmp.add_argument("--plot", metavar="PNG", help="plot memory over time and the delays here")
+    cmp.set_defaults(func=cmd_compare)
 
     profiles = sub.add_parser("profiles", help="list the kernel profiles the model has")
     profiles.set_defaults(func=cmd_profiles)

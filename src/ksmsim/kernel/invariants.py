@@ -37,8 +37,38 @@ def _fail(msg: str) -> None:
     raise InvariantError(msg)
 
 
+def check_swap(machine: Machine) -> None:
+    """Check the swap device against the swap ptes and the swap cache."""
+    swap = machine.swap
+    refs: Counter[int] = Counter()
+    for mm in machine.tasks.values():
+        for address, pte in mm.all_ptes():
+            if is_swap_pte(pte):
+                refs[pte_pfn(pte)] += 1
+    if swap is None:
+        if refs or machine.swap_cache:
+            _fail("swap ptes or swap cache pages on a machine without swap")
+        return
+    inuse = 0
+    for slot in range(1, swap.nr_slots + 1):
+        if swap.swap_map[slot] != refs.get(slot, 0):
+            _fail(f"swap slot {slot}: swap_map {swap.swap_map[slot]} but {refs.get(slot, 0)} ptes")
+        if bool(swap.has_cache[slot]) != (slot in machine.swap_cache):
+            _fail(f"swap slot {slot}: has_cache disagrees with the swap cache")
+        if swap.swap_map[slot] or swap.has_cache[slot]:
+            inuse += 1
+            if slot not in machine.swap_cache and slot not in swap.data:
+                _fail(f"swap slot {slot} in use with neither a cached page nor written contents")
+    if inuse != swap.inuse_pages:
+        _fail(f"swap inuse_pages {swap.inuse_pages} but {inuse} slots in use")
+    for slot, page in machine.swap_cache.items():
+        if not page.flags & PG_swapcache or page.private != slot:
+            _fail(f"swap cache slot {slot} holds {page!r} not marked for it")
+
+
 def check_machine(machine: Machine) -> None:
-    """Check frames against page tables: counts, map counts, free frames, anon_vmas."""
+    """Check frames against page tables: counts, map counts, free frames, anon_vmas, swap."""
+    check_swap(machine)
     zone = machine.zone
     mapcounts: Counter[int] = Counter()
     anon_rss: Counter[int] = Counter()
@@ -103,6 +133,9 @@ def check_machine(machine: Machine) -> None:
 def _held_references(machine: Machine) -> Counter[int]:
     """Return the references held by kernel objects rather than ptes, per pfn."""
     pins: Counter[int] = Counter()
+    for pvec in machine.pagevecs:
+        for page in pvec:
+            pins[page.pfn] += 1
     ksm = machine.ksm
     if ksm is not None and ksm.profile.stable_node_pins_page:
         for node in ksm.stable_nodes():

@@ -1705,9 +1705,8 @@ class Ksm:
         ksm_might_need_to_copy(). In 2.6.33 a page already anonymous for another anon_vma or
         index is copied, and a KSM page never (page_anon_vma() is NULL for it); 6.x copies a KSM
         page with no stable node, or while run=2 unmerges."""
-        if self.profile.checksum_before_stable_tree:
-            if PageKsm(page):
-                return page_stable_node(page) is None or bool(self.ksm_run & KSM_RUN_UNMERGE)
+        if self.profile.checksum_before_stable_tree and PageKsm(page):
+            return page_stable_node(page) is None or bool(self.ksm_run & KSM_RUN_UNMERGE)
         anon_vma = page.mapping if page.mapping_flags == PAGE_MAPPING_ANON else None
         if anon_vma is None:
             return False

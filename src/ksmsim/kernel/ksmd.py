@@ -8,6 +8,7 @@ time the cost model charges for the work it did, so a run reports what ksmd woul
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from ksmsim.kernel.ksm import Ksm, KsmWork
@@ -95,6 +96,7 @@ class Ksmd:
         before = self._batch_start = ksm.work.as_dict()
         ksm.ksm_do_scan(ksm.ksm_thread_pages_to_scan)
         self._batch_start = None
+        self.machine.kswapd()
         spent = self.cost.charge(before, ksm.work, ksm.profile.checksum)
         self.cpu_ns += spent
         self.batches += 1
@@ -119,13 +121,19 @@ class Ksmd:
                 self.sleep()
         return True
 
-    def run_for(self, seconds: float) -> None:
-        """Let ksmd run at its tunables for ``seconds`` of simulated time."""
+    def run_for(self, seconds: float, sample: Callable[[], None] | None = None) -> None:
+        """Let ksmd run at its tunables for ``seconds`` of simulated time, calling ``sample``
+        after every batch (or every jiffy while ksmd has nothing to do)."""
         end = self.machine.clock_ns + int(seconds * 1_000_000_000)
         hz = self.machine.config.hz
         while self.machine.clock_ns < end:
-            if self.ksm.ksmd_should_run():
+            if self.ksm.ksmd_should_run() and self.ksm.ksm_thread_pages_to_scan:
                 self.batch()
+                if sample is not None:
+                    sample()
                 self.sleep()
             else:
                 self.machine.clock_ns += 1_000_000_000 // hz
+                self.machine.kswapd()
+                if sample is not None:
+                    sample()

@@ -17,7 +17,7 @@ from ksmsim.kernel.contents import ZERO_DATA
 from ksmsim.kernel.fork import dup_mm, mmput
 from ksmsim.kernel.ksm import Ksm
 from ksmsim.kernel.mm import MmStruct, VmArea
-from ksmsim.kernel.page import PAGE_SHIFT, PG_active, PG_locked, PG_lru, Page
+from ksmsim.kernel.page import PAGE_SHIFT, Page, PG_active, PG_locked, PG_lru
 from ksmsim.kernel.page_alloc import ReuseOrder, Zone
 from ksmsim.kernel.profile import Profile
 from ksmsim.kernel.swapfile import SwapInfo, free_swap_and_cache, reuse_swap_page

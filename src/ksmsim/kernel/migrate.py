@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING
 
 from ksmsim.kernel.mm import VmArea, migration_entry_to_pte, mk_pte, pte_write
 from ksmsim.kernel.page import (
+    Page,
+    PageAnon,
+    PageKsm,
     PG_active,
     PG_dirty,
     PG_lru,
@@ -22,9 +25,6 @@ from ksmsim.kernel.page import (
     PG_swapbacked,
     PG_swapcache,
     PG_uptodate,
-    Page,
-    PageAnon,
-    PageKsm,
     page_stable_node,
     trylock_page,
     unlock_page,
@@ -121,7 +121,9 @@ def migrate_page(machine: Machine, page: Page, *, offlining: bool = False) -> in
     return 0
 
 
-def migrate_range(machine: Machine, pages: list[Page], *, offlining: bool = False) -> dict[str, int]:
+def migrate_range(
+    machine: Machine, pages: list[Page], *, offlining: bool = False
+) -> dict[str, int]:
     """Migrate each page and count the outcomes by errno name ("ok" for success)."""
     out: dict[str, int] = {}
     for page in pages:
@@ -131,4 +133,3 @@ def migrate_range(machine: Machine, pages: list[Page], *, offlining: bool = Fals
         if err:
             machine.vmstat["pgmigrate_fail"] += 1
     return out
-

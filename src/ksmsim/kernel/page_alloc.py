@@ -24,11 +24,11 @@ class Zone:
     """All of the machine's RAM as one zone: the frame table (mem_map) and the free pages."""
 
     __slots__ = (
-        "on_free",
         "_free",
         "_fresh",
         "mem_map",
         "nr_free",
+        "on_free",
         "present_pages",
         "reuse_order",
         "zero_page",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ksmsim.kernel.page import PG_dirty, PG_swapbacked, PG_swapcache, PG_uptodate, Page
+from ksmsim.kernel.page import Page, PG_dirty, PG_swapbacked, PG_swapcache, PG_uptodate
 
 if TYPE_CHECKING:
     from ksmsim.kernel.machine import Machine

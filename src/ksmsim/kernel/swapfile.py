@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ksmsim.kernel.page import PG_dirty, PG_swapcache, PG_writeback, Page, PageKsm
+from ksmsim.kernel.page import Page, PageKsm, PG_dirty, PG_swapcache, PG_writeback
 
 if TYPE_CHECKING:
     from ksmsim.kernel.machine import Machine
@@ -87,7 +87,12 @@ def reuse_swap_page(page: Page, machine: Machine | None = None) -> bool:
     if PageKsm(page):
         return False
     count = page.mapcount
-    if count <= 1 and page.flags & PG_swapcache and machine is not None and machine.swap is not None:
+    if (
+        count <= 1
+        and page.flags & PG_swapcache
+        and machine is not None
+        and machine.swap is not None
+    ):
         count += machine.swap.page_swapcount(page.private)
         if count == 1 and not page.flags & PG_writeback:
             from ksmsim.kernel.swap_state import delete_from_swap_cache

@@ -24,13 +24,13 @@ from ksmsim.kernel.mm import (
     swp_entry_to_pte,
 )
 from ksmsim.kernel.page import (
+    Page,
+    PageAnon,
+    PageKsm,
     PG_active,
     PG_dirty,
     PG_lru,
     PG_swapcache,
-    Page,
-    PageAnon,
-    PageKsm,
     page_freeze_refs,
     page_unfreeze_refs,
     trylock_page,
@@ -187,9 +187,9 @@ def shrink_page_list(machine: Machine, pages: list[Page]) -> int:
             lru.add(page, active=False)
             machine.zone.put_page(page)
             continue
-        if page_referenced(machine, page) and page.mapcount:
-            keep_active = True
-        elif PageAnon(page) and not page.flags & PG_swapcache and not add_to_swap(machine, page):
+        if (page_referenced(machine, page) and page.mapcount) or (
+            PageAnon(page) and not page.flags & PG_swapcache and not add_to_swap(machine, page)
+        ):
             keep_active = True
         elif page.mapcount:
             ret = try_to_unmap(machine, page)

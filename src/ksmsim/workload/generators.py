@@ -1,13 +1,18 @@
 """Scenario generators: functions that write scenario documents (dicts in the format).
 
 ``random_mix`` draws a seeded mix of every action of the format over a few small processes,
-keeping the timeline valid (it names only live processes and existing regions).
+keeping the timeline valid (it names only live processes and existing regions). ``vm_fleet`` and
+``container_fleet`` describe fleets an operator runs (guests booted from one image, containers
+sharing a runtime and libraries), with background writers and staggered starts, for predictions.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
+
+from ksmsim.workload import tomlwrite
 
 PATTERNS = ("zero", "unique", "repeat:2", "repeat:5", "x", "y", 7)
 
@@ -184,3 +189,256 @@ def random_mix(seed: int, *, steps: int = 30, kernel: str | None = None) -> dict
     if kernel is not None:
         doc["kernel"] = kernel
     return doc
+
+
+# --------------------------------------------------------------------------------------------------
+# Fleets: scenarios an operator would recognise (guests booted from one image, containers
+# sharing a runtime). Every page figure is in 4 KiB pages; sizes in MiB are 256 pages each.
+
+PAGES_PER_MIB = 256
+
+Rate = float | tuple[float, float]
+"""A write rate in pages per second, or a (low, high) range drawn uniformly per guest."""
+
+
+def _pages(mib: float, what: str) -> int:
+    """Return the pages of ``mib`` MiB, refusing a negative size."""
+    if not mib >= 0:
+        raise ValueError(f"{what} must be >= 0 MiB, not {mib}")
+    return round(mib * PAGES_PER_MIB)
+
+
+def _fraction(value: float, what: str) -> float:
+    """Check a fraction in [0, 1]."""
+    if not 0 <= value <= 1:
+        raise ValueError(f"{what} must be between 0 and 1, not {value}")
+    return value
+
+
+def _rate(rng: random.Random, rate: Rate, what: str) -> float:
+    """Draw one rate from a fixed value or a (low, high) range."""
+    if isinstance(rate, tuple):
+        lo, hi = rate
+        if not 0 <= lo <= hi:
+            raise ValueError(f"{what} range must be 0 <= low <= high, not {lo}:{hi}")
+        return round(rng.uniform(lo, hi), 3)
+    if not rate >= 0:
+        raise ValueError(f"{what} must be >= 0, not {rate}")
+    return float(rate)
+
+
+def _region(name: str, pages: int, fill: str, salt: str = "") -> dict[str, Any]:
+    """Return a region table of the format."""
+    out: dict[str, Any] = {"name": name, "pages": pages, "fill": fill}
+    if salt:
+        out["salt"] = salt
+    return out
+
+
+def _tunables(pages_to_scan: int | None, sleep_millisecs: int | None) -> dict[str, int]:
+    """Return the tunables table a fleet scenario sets."""
+    out: dict[str, int] = {}
+    if pages_to_scan is not None:
+        out["pages_to_scan"] = pages_to_scan
+    if sleep_millisecs is not None:
+        out["sleep_millisecs"] = sleep_millisecs
+    return out
+
+
+def _fleet_doc(
+    *,
+    description: str,
+    seed: int,
+    kernel: str | None,
+    tunables: dict[str, int],
+    members: list[tuple[str, list[dict[str, Any]], float]],
+    stagger_s: float,
+    run_s: float,
+) -> dict[str, Any]:
+    """Return a fleet scenario: members (name, regions, hot writes/s) start ``stagger_s`` apart,
+    each maps its regions when it starts and churns its ``hot`` region; then ksmd runs
+    ``run_s`` more seconds and a snapshot ``end`` is taken."""
+    if not stagger_s >= 0:
+        raise ValueError(f"the boot stagger must be >= 0 s, not {stagger_s}")
+    if not run_s > 0:
+        raise ValueError(f"the run time must be > 0 s, not {run_s}")
+    timeline: list[dict[str, Any]] = [{"op": "comment", "text": description}]
+    for k, (name, regions, rate) in enumerate(members):
+        if k and stagger_s:
+            timeline.append({"op": "run", "seconds": stagger_s})
+        for region in regions:
+            timeline.append({"op": "mmap", "proc": name, "region": region})
+        if rate > 0 and any(r["name"] == "hot" for r in regions):
+            timeline.append(
+                {"op": "churn", "proc": name, "region": "hot", "writes_per_s": rate}
+            )
+    timeline.append({"op": "run", "seconds": run_s})
+    timeline.append({"op": "snapshot", "label": "end"})
+    doc: dict[str, Any] = {"description": description, "seed": seed}
+    if kernel is not None:
+        doc["kernel"] = kernel
+    doc["tunables"] = tunables
+    doc["processes"] = [{"name": name, "regions": []} for name, _, _ in members]
+    doc["timeline"] = timeline
+    return doc
+
+
+def vm_fleet(
+    guests: int,
+    guest_mib: float,
+    *,
+    shared_fraction: float = 0.4,
+    zero_fraction: float = 0.15,
+    hot_fraction: float = 0.05,
+    writes_per_s: Rate = 50.0,
+    images: int = 1,
+    boot_stagger_s: float = 0.0,
+    run_s: float = 600.0,
+    seed: int = 0,
+    kernel: str | None = None,
+    pages_to_scan: int | None = None,
+    sleep_millisecs: int | None = None,
+) -> dict[str, Any]:
+    """Return a scenario of ``guests`` VMs booted from ``images`` images, ``boot_stagger_s`` apart.
+
+    Each guest (a process ``vmNN``, as a VMM maps guest RAM) has ``guest_mib`` MiB of mergeable
+    memory in four regions: ``image`` (``shared_fraction``: pages identical in every guest of the
+    same image, all distinct within the guest: ``repeat:K`` with K its size and the image's
+    salt), ``zero`` (``zero_fraction``: zero-filled pages), ``private`` (unique pages) and
+    ``hot`` (``hot_fraction`` of the private memory, rewritten by a churn writer at the guest's
+    ``writes_per_s``: a fixed rate, or a (low, high) range drawn per guest from ``seed``). Guests
+    are spread over the images round-robin. ksmd runs from the first boot; after the last boot it
+    runs ``run_s`` seconds, then snapshot ``end`` is taken.
+    """
+    if guests < 1:
+        raise ValueError(f"a fleet needs at least one guest, not {guests}")
+    if images < 1:
+        raise ValueError(f"a fleet needs at least one image, not {images}")
+    total = _pages(guest_mib, "guest memory")
+    if total < 1:
+        raise ValueError(f"a guest needs at least one page, not {guest_mib} MiB")
+    _fraction(shared_fraction, "the shared fraction")
+    _fraction(zero_fraction, "the zero fraction")
+    _fraction(hot_fraction, "the hot fraction")
+    if shared_fraction + zero_fraction > 1:
+        raise ValueError(
+            f"shared ({shared_fraction}) and zero ({zero_fraction}) fractions exceed 1 together"
+        )
+    rng = random.Random(seed)
+    shared = round(total * shared_fraction)
+    zero = round(total * zero_fraction)
+    private_all = total - shared - zero
+    hot = round(private_all * hot_fraction)
+    private = private_all - hot
+    width = len(str(guests - 1))
+    members = []
+    for g in range(guests):
+        regions = []
+        if shared:
+            regions.append(_region("image", shared, f"repeat:{shared}", f"image{g % images}"))
+        if zero:
+            regions.append(_region("zero", zero, "zero"))
+        if private:
+            regions.append(_region("private", private, "unique"))
+        if hot:
+            regions.append(_region("hot", hot, "unique"))
+        members.append((f"vm{g:0{width}d}", regions, _rate(rng, writes_per_s, "writes_per_s")))
+    description = (
+        f"VM fleet: {guests} guests x {guest_mib:g} MiB from {images} image(s); shared "
+        f"{shared_fraction:g}, zero {zero_fraction:g}, hot {hot_fraction:g} of private; boots "
+        f"{boot_stagger_s:g} s apart; seed {seed}"
+    )
+    return _fleet_doc(
+        description=description,
+        seed=seed,
+        kernel=kernel,
+        tunables=_tunables(pages_to_scan, sleep_millisecs),
+        members=members,
+        stagger_s=boot_stagger_s,
+        run_s=run_s,
+    )
+
+
+def container_fleet(
+    containers: int,
+    *,
+    runtime_mib: float = 16.0,
+    images: int = 4,
+    image_mib: float = 32.0,
+    private_mib: float = 64.0,
+    zero_fraction: float = 0.1,
+    hot_fraction: float = 0.1,
+    writes_per_s: Rate = 20.0,
+    start_stagger_s: float = 0.0,
+    run_s: float = 600.0,
+    seed: int = 0,
+    kernel: str | None = None,
+    pages_to_scan: int | None = None,
+    sleep_millisecs: int | None = None,
+) -> dict[str, Any]:
+    """Return a scenario of ``containers`` processes sharing runtime and library pages.
+
+    Each container (a process ``ctNN``) maps ``runtime`` (``runtime_mib``: identical in every
+    container, e.g. an interpreter's or JIT's heap after start-up), ``libs`` (``image_mib``:
+    identical among the containers of one of ``images`` application images, drawn from
+    ``seed``), and ``private_mib`` of its own memory: ``zero`` (``zero_fraction`` of it),
+    ``heap`` (unique pages) and ``hot`` (``hot_fraction``, rewritten at ``writes_per_s``).
+    Containers start ``start_stagger_s`` apart; after the last one ksmd runs ``run_s`` seconds.
+    """
+    if containers < 1:
+        raise ValueError(f"a fleet needs at least one container, not {containers}")
+    if images < 1:
+        raise ValueError(f"a fleet needs at least one image, not {images}")
+    runtime = _pages(runtime_mib, "the runtime")
+    libs = _pages(image_mib, "the image")
+    own = _pages(private_mib, "the private memory")
+    _fraction(zero_fraction, "the zero fraction")
+    _fraction(hot_fraction, "the hot fraction")
+    if zero_fraction + hot_fraction > 1:
+        raise ValueError(
+            f"zero ({zero_fraction}) and hot ({hot_fraction}) fractions exceed 1 together"
+        )
+    if runtime + libs + own < 1:
+        raise ValueError("a container needs at least one page of memory")
+    rng = random.Random(seed)
+    zero = round(own * zero_fraction)
+    hot = round(own * hot_fraction)
+    heap = own - zero - hot
+    width = len(str(containers - 1))
+    members = []
+    for c in range(containers):
+        image = rng.randrange(images)
+        regions = []
+        if runtime:
+            regions.append(_region("runtime", runtime, f"repeat:{runtime}", "runtime"))
+        if libs:
+            regions.append(_region("libs", libs, f"repeat:{libs}", f"image{image}"))
+        if zero:
+            regions.append(_region("zero", zero, "zero"))
+        if heap:
+            regions.append(_region("heap", heap, "unique"))
+        if hot:
+            regions.append(_region("hot", hot, "unique"))
+        members.append((f"ct{c:0{width}d}", regions, _rate(rng, writes_per_s, "writes_per_s")))
+    description = (
+        f"container fleet: {containers} containers, runtime {runtime_mib:g} MiB shared by all, "
+        f"{images} image(s) of {image_mib:g} MiB, {private_mib:g} MiB private each; seed {seed}"
+    )
+    return _fleet_doc(
+        description=description,
+        seed=seed,
+        kernel=kernel,
+        tunables=_tunables(pages_to_scan, sleep_millisecs),
+        members=members,
+        stagger_s=start_stagger_s,
+        run_s=run_s,
+    )
+
+
+def dump_scenario(doc: dict[str, Any], fmt: str) -> str:
+    """Return a scenario document as ``"toml"`` or ``"json"`` text."""
+    if fmt == "json":
+        return json.dumps(doc, indent=2) + "\n"
+    if fmt == "toml":
+        return tomlwrite.dumps(doc)
+    raise ValueError(f"unknown scenario format {fmt!r} (toml or json)")

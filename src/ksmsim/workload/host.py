@@ -9,6 +9,7 @@ digest) plus the counters a snapshot records.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -18,8 +19,9 @@ from ksmsim.kernel.ksm_sysfs import KsmSysfs
 from ksmsim.kernel.ksmd import Ksmd, KsmdCost
 from ksmsim.kernel.machine import Machine, MachineConfig
 from ksmsim.kernel.madvise import ADVICE_NAMES, MADV_MERGEABLE, MADV_NOHUGEPAGE, do_madvise
-from ksmsim.kernel.memory import peek_user_page, read_user_byte, write_user_bytes
-from ksmsim.kernel.mm import MMF_VM_MERGE_ANY, MmStruct
+from ksmsim.kernel.memory import FaultError, peek_user_page, read_user_byte, write_user_bytes
+from ksmsim.kernel.migrate import migrate_range
+from ksmsim.kernel.mm import MMF_VM_MERGE_ANY, MmStruct, pte_pfn, pte_present, pte_special
 from ksmsim.kernel.mmap import do_mmap_anon, do_munmap
 from ksmsim.kernel.page import PAGE_SHIFT, PAGE_SIZE
 from ksmsim.kernel.profile import Profile, get_profile
@@ -84,11 +86,18 @@ class Host:
         cpus: int = 2,
         cost: KsmdCost | None = None,
         check: bool = False,
+        lru_pagevec: bool = False,
     ) -> None:
         self.profile = kernel if isinstance(kernel, Profile) else get_profile(kernel)
         self.machine = Machine(
             self.profile,
-            MachineConfig(ram_pages=ram_pages, swap_pages=swap_pages, hz=hz, cpus=cpus),
+            MachineConfig(
+                ram_pages=ram_pages,
+                swap_pages=swap_pages,
+                hz=hz,
+                cpus=cpus,
+                lru_pagevec=lru_pagevec,
+            ),
         )
         assert self.machine.ksm is not None
         self.ksm = self.machine.ksm
@@ -96,6 +105,8 @@ class Host:
         self.ksmd = Ksmd(self.machine, cost)
         self.procs: dict[str, Proc] = {}
         self.exited: set[str] = set()
+        self._pressure: MmStruct | None = None
+        self._pressure_regions = 0
         self.check = check
         """Run every invariant check after each operation (slow; for tests)."""
 
@@ -316,14 +327,60 @@ class Host:
         self._checkpoint()
         return ok
 
-    def run(self, seconds: float) -> None:
-        """Let ksmd run at its tunables for ``seconds`` of simulated time."""
+    def run(self, seconds: float, sample: Callable[[], None] | None = None) -> None:
+        """Let ksmd run at its tunables for ``seconds`` of simulated time (``sample`` is called
+        after every batch, for time series)."""
         self.sysfs.write("run", KSM_RUN_MERGE)
         try:
-            self.ksmd.run_for(seconds)
+            self.ksmd.run_for(seconds, sample)
         finally:
             self.sysfs.write("run", KSM_RUN_STOP)
         self._checkpoint()
+
+    def pressure(self, pages: int) -> int:
+        """Allocate and write ``pages`` pages in a hidden process, so that reclaim must free
+        frames; return how many were written before memory ran out (an out-of-memory event is
+        recorded then, and the pressure stops)."""
+        if self.machine.swap is None:
+            raise HostError("pressure needs a swap device (machine.swap_pages)")
+        if pages < 1:
+            raise HostError(f"pressure needs at least one page, not {pages}")
+        if self._pressure is None:
+            self._pressure = self.machine.new_process("[pressure]")
+        mm = self._pressure
+        self._pressure_regions += 1
+        region = f"p{self._pressure_regions}"
+        addr = do_mmap_anon(mm, pages << PAGE_SHIFT)
+        written = 0
+        for i in range(pages):
+            try:
+                write_user_bytes(
+                    mm, addr + (i << PAGE_SHIFT), page_bytes("unique", i, proc=mm.name, region=region)
+                )
+            except FaultError:
+                break
+            written += 1
+            if not i % 32:
+                self.machine.kswapd()
+        self._checkpoint()
+        return written
+
+    def migrate(
+        self, proc: str, region: str, *, start: int = 0, count: int | None = None
+    ) -> dict[str, int]:
+        """Move the present pages of a range to other frames, as compaction does; return the
+        outcomes counted by errno name ("ok" for moved pages)."""
+        p = self.proc(proc)
+        r = self.region(proc, region)
+        zone = self.machine.zone
+        pages = []
+        for i in self._pages(r, start, count):
+            pte = p.mm.pte_get(r.page_address(i))
+            if pte_present(pte) and not pte_special(pte):
+                pages.append(zone.pfn_to_page(pte_pfn(pte)))
+        out = migrate_range(self.machine, pages)
+        self._checkpoint()
+        return out
 
     def unmerge_all(self) -> None:
         """Write run=2 then run=0: unmerge everything and forget every rmap_item."""
@@ -379,5 +436,6 @@ class Host:
         return self.machine.clock_ns / 1e9
 
     def _checkpoint(self) -> None:
+        self.machine.kswapd()
         if self.check:
             check_all(self.machine)

@@ -13,6 +13,7 @@ from ksmsim.kernel.memory import FaultError
 from ksmsim.kernel.mmap import MmapError
 from ksmsim.kernel.profile import Profile, UnknownProfile, get_profile
 from ksmsim.workload import scenario as sc
+from ksmsim.workload.churn import ChurnSet
 from ksmsim.workload.host import Host, HostError
 from ksmsim.workload.results import RESULT_SCHEMA_VERSION, ExpectFailure, check_expectations
 
@@ -36,6 +37,8 @@ class RunState:
     expect_failures: list[ExpectFailure] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     digests: list[dict[str, Any]] = field(default_factory=list)
+    timeseries: list[dict[str, Any]] = field(default_factory=list)
+    migrations: list[dict[str, Any]] = field(default_factory=list)
 
 
 def default_ram_pages(scenario: sc.Scenario) -> int:
@@ -83,6 +86,8 @@ class ModelRunner:
         self.state = RunState()
         self.op_index = -1
         self.gone: dict[str, Any] = {}
+        self.churn = ChurnSet()
+        """The background writers started by ``churn`` (active during ``run``)."""
         self._handlers: dict[type[Any], Callable[[Any], None]] = {
             sc.Fill: self._fill,
             sc.Write: self._write,
@@ -99,6 +104,9 @@ class ModelRunner:
             sc.Digest: self._digest,
             sc.Comment: lambda a: None,
             sc.Run: self._run,
+            sc.Churn: self._churn,
+            sc.Pressure: self._pressure,
+            sc.Migrate: self._migrate,
         }
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -195,6 +203,10 @@ class ModelRunner:
             },
             "snapshots": st.snapshots,
             "digests": st.digests,
+            "timeseries": st.timeseries,
+            "migrations": st.migrations,
+            "ksm_free_delays_s": [d / 1e9 for d in self.host.machine.ksm_free_delays_ns],
+            "unmapped_ksm_resident": len(self.host.machine.ksm_unmapped_at),
             "errors": st.errors,
             "ok": not st.expect_failures and not fatal,
             "expect_failures": [f.to_json() for f in st.expect_failures],
@@ -358,7 +370,51 @@ class ModelRunner:
             )
 
     def _run(self, a: sc.Run) -> None:
-        self.host.run(a.seconds)
+        if self.churn.active(self.host):
+            self.churn.run(self.host, a.seconds, sample=self._sample)
+        else:
+            self.host.run(a.seconds, sample=self._sample)
+
+    def _churn(self, a: sc.Churn) -> None:
+        for proc, region in self._each(a):
+            self.churn.set(self.host, proc, region, a.writes_per_s, a.pattern)
+
+    def _sample(self) -> None:
+        """Append the memory and KSM figures now to the run's time series."""
+        host = self.host
+        c = host.counters()
+        m = host.memory()
+        self.state.timeseries.append(
+            {
+                "t_s": host.sim_time_s,
+                "free_pages": m["free_pages"],
+                "swap_cache_pages": m["swap_cache_pages"],
+                "swap_used_pages": m["swap_used_pages"],
+                "ksm_pages": m["ksm_pages"],
+                "pages_shared": c["pages_shared"],
+                "pages_sharing": c["pages_sharing"],
+                "full_scans": c["full_scans"],
+            }
+        )
+
+    def _pressure(self, a: sc.Pressure) -> None:
+        written = self.host.pressure(a.pages)
+        if written < a.pages:
+            self.state.errors.append(
+                {
+                    "path": a.path,
+                    "kind": "oom",
+                    "message": f"out of memory after {written} of {a.pages} pressure pages",
+                    "fatal": False,
+                }
+            )
+
+    def _migrate(self, a: sc.Migrate) -> None:
+        for proc, region in self._each(a):
+            outcome = self.host.migrate(proc, region, start=a.start, count=a.count)
+            self.state.migrations.append(
+                {"after_op": self.op_index, "proc": proc, "region": region, **outcome}
+            )
 
 
 def run_scenario(
