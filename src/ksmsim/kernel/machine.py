@@ -67,11 +67,18 @@ class Machine:
         self.kswapd_wanted = False
         self.pagevecs: list[list[Page]] = [[] for _ in range(self.config.cpus)]
         self.current_cpu = 0
+        self._released: set[Page] = set()
         self.ksm_unmapped_at: dict[Page, int] = {}
         """When reclaim last unmapped each KSM page still in memory (ns)."""
         self.ksm_free_delays_ns: list[int] = []
         """For each KSM page freed after reclaim unmapped it: the delay to its freeing."""
+        self.ksm_release_delays_ns: list[int] = []
+        """For each KSM page reclaim unmapped: the delay until nothing but reclaim could hold
+        it (its freeing, or with a pinned stable node, the pin's release by ksmd)."""
         self.preempt: Callable[[str], None] | None = None
+        self.wait: Callable[[str, Callable[[], bool]], None] | None = None
+        """The blocking hook: None in sequential runs; under the interleaving explorer
+        ``wait(what, ready)`` puts the calling task to sleep until ``ready()`` holds."""
         self.clock_ns = 0
         self.nr_anon_pages = 0
         self.vmstat: Counter[str] = Counter()
@@ -179,6 +186,16 @@ class Machine:
         unmapped = self.ksm_unmapped_at.pop(page, None)
         if unmapped is not None:
             self.ksm_free_delays_ns.append(self.clock_ns - unmapped)
+            if page not in self._released:
+                self.ksm_release_delays_ns.append(self.clock_ns - unmapped)
+        self._released.discard(page)
+
+    def note_ksm_page_released(self, page: Page) -> None:
+        """Record that ksmd dropped its pin on a KSM page reclaim had unmapped."""
+        unmapped = self.ksm_unmapped_at.get(page)
+        if unmapped is not None and page not in self._released:
+            self._released.add(page)
+            self.ksm_release_delays_ns.append(self.clock_ns - unmapped)
 
     def note_ksm_unmapped(self, page: Page) -> None:
         """Record that reclaim just unmapped every pte of a KSM page."""
@@ -186,9 +203,12 @@ class Machine:
         self.vmstat["ksm_pages_unmapped"] += 1
 
     def lock_page(self, page: Page) -> None:
-        """Take the page lock, which nobody else can hold in a sequential run: lock_page()."""
+        """Take the page lock: lock_page(). Nobody else can hold it in a sequential run; under
+        the interleaving explorer the task sleeps until its holder unlocks it."""
         if page.flags & PG_locked:
-            raise AssertionError(f"lock_page on a locked page with no other task: {page!r}")
+            if self.wait is None:
+                raise AssertionError(f"lock_page on a locked page with no other task: {page!r}")
+            self.wait("lock_page", lambda: not page.flags & PG_locked)
         page.flags |= PG_locked
 
     def reuse_swap_page(self, page: Page) -> bool:
@@ -229,7 +249,12 @@ class Machine:
         self.swap.swap_duplicate(pte >> PAGE_SHIFT)
 
     def wait_migration_entry(self, vma: VmArea, address: int, pte: int) -> int:
-        """Wait for a migration to finish: migration_entry_wait()."""
+        """Wait for a migration to finish: migration_entry_wait(). Under the interleaving
+        explorer the task sleeps until the entry is replaced, and the fault is retried."""
+        if self.wait is not None:
+            mm = vma.vm_mm
+            self.wait("migration_entry_wait", lambda: mm.pte_get(address) != pte)
+            return 0
         raise AssertionError(f"migration entry {pte:#x} at {address:#x} with no migration running")
 
     def zap_migration_entry(self, mm: MmStruct, address: int, pte: int) -> None:

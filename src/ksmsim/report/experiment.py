@@ -27,11 +27,16 @@ class DesignResult:
     def summary(self) -> dict[str, Any]:
         """Return the experiment's figures for this design."""
         delays = sorted(self.result["ksm_free_delays_s"])
+        releases = sorted(self.result["ksm_release_delays_s"])
         last = self.result["snapshots"][-1] if self.result["snapshots"] else {}
         memory = last.get("memory", {})
         series = self.result["timeseries"]
         return {
             "kernel": self.kernel,
+            "ksm_pages_released_after_unmap": len(releases),
+            "release_delay_median_s": statistics.median(releases) if releases else None,
+            "release_delay_p90_s": _percentile(releases, 0.9),
+            "release_delay_max_s": releases[-1] if releases else None,
             "ksm_pages_freed_after_unmap": len(delays),
             "free_delay_median_s": statistics.median(delays) if delays else None,
             "free_delay_p90_s": _percentile(delays, 0.9),
@@ -55,7 +60,7 @@ def _scan_period(series: list[dict[str, Any]]) -> float | None:
     scans = series[-1]["full_scans"] - series[0]["full_scans"]
     if scans <= 0:
         return None
-    return float(series[-1]["t_s"] - series[0]["t_s"]) / scans
+    return float(series[-1]["t_s"] - series[0]["t_s"]) / float(scans)
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -84,6 +89,10 @@ def _fmt(value: Any) -> str:
 def print_table(designs: list[DesignResult], out: TextIO) -> None:
     """Print the designs' figures as a table, one column per design."""
     rows = [
+        ("KSM pages unmapped then freeable", "ksm_pages_released_after_unmap"),
+        ("unmap->freeable delay median (s)", "release_delay_median_s"),
+        ("unmap->freeable delay p90 (s)", "release_delay_p90_s"),
+        ("unmap->freeable delay max (s)", "release_delay_max_s"),
         ("KSM pages freed after unmap", "ksm_pages_freed_after_unmap"),
         ("unmap->free delay median (s)", "free_delay_median_s"),
         ("unmap->free delay p90 (s)", "free_delay_p90_s"),

@@ -206,6 +206,7 @@ class ModelRunner:
             "timeseries": st.timeseries,
             "migrations": st.migrations,
             "ksm_free_delays_s": [d / 1e9 for d in self.host.machine.ksm_free_delays_ns],
+            "ksm_release_delays_s": [d / 1e9 for d in self.host.machine.ksm_release_delays_ns],
             "unmapped_ksm_resident": len(self.host.machine.ksm_unmapped_at),
             "errors": st.errors,
             "ok": not st.expect_failures and not fatal,
