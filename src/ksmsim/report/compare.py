@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
 
+from ksmsim.workload.scenario import GLOBAL_COUNTERS
+
 COMPARED_SECTIONS: Final = ("global", "procs")
 
 
@@ -104,26 +106,12 @@ def compare_results(
     return comp
 
 
-_ORDER: Final = (
-    "pages_shared",
-    "pages_sharing",
-    "pages_unshared",
-    "pages_volatile",
-    "full_scans",
-    "pages_scanned",
-    "pages_skipped",
-    "ksm_zero_pages",
-    "stable_node_chains",
-    "stable_node_dups",
-    "general_profit",
-    "run",
-)
 
 
 def _order(key: str) -> tuple[int, str]:
-    if key in _ORDER:
-        return (_ORDER.index(key), key)
-    return (len(_ORDER), key)
+    if key in GLOBAL_COUNTERS:
+        return (GLOBAL_COUNTERS.index(key), key)
+    return (len(GLOBAL_COUNTERS), key)
 
 
 def print_comparison(comp: Comparison, out: TextIO, *, only_differences: bool = False) -> None:

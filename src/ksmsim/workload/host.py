@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
 
 from ksmsim.kernel.invariants import check_all
 from ksmsim.kernel.ksm import KSM_RUN_MERGE, KSM_RUN_STOP, KSM_RUN_UNMERGE
@@ -26,20 +25,7 @@ from ksmsim.kernel.mmap import do_mmap_anon, do_munmap
 from ksmsim.kernel.page import PAGE_SHIFT, PAGE_SIZE
 from ksmsim.kernel.profile import Profile, get_profile
 from ksmsim.workload.patterns import Pattern, page_bytes
-
-GLOBAL_COUNTER_ORDER: Final = (
-    "pages_shared",
-    "pages_sharing",
-    "pages_unshared",
-    "pages_volatile",
-    "full_scans",
-    "pages_scanned",
-    "pages_skipped",
-    "ksm_zero_pages",
-    "stable_node_chains",
-    "stable_node_dups",
-    "general_profit",
-)
+from ksmsim.workload.scenario import GLOBAL_COUNTERS
 
 
 class HostError(ValueError):
@@ -393,7 +379,9 @@ class Host:
         """Return the profile's global KSM counters (as the sysfs files read) and ``run``."""
         files = set(self.sysfs.files())
         out: dict[str, int] = {
-            name: self.sysfs.read_int(name) for name in GLOBAL_COUNTER_ORDER if name in files
+            name: self.sysfs.read_int(name)
+            for name in GLOBAL_COUNTERS
+            if name in files and name != "run"
         }
         out["run"] = self.sysfs.read_int("run")
         return out
