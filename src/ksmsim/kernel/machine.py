@@ -199,7 +199,7 @@ class Machine:
 
     def note_ksm_unmapped(self, page: Page) -> None:
         """Record that reclaim just unmapped every pte of a KSM page."""
-        self.ksm_unmapped_at.setdefault(page, self.clock_ns)
+        self.ksm_unmapped_at[page] = self.clock_ns
         self.vmstat["ksm_pages_unmapped"] += 1
 
     def lock_page(self, page: Page) -> None:

@@ -67,12 +67,21 @@ def migrate_page(machine: Machine, page: Page, *, offlining: bool = False) -> in
         return -errno.EAGAIN
     if not trylock_page(page):
         return -errno.EAGAIN
+    # Isolate from the LRU first (isolate_lru_page()), so that reclaim run by the allocation
+    # below cannot age the page being moved.
+    was_lru = bool(page.flags & PG_lru)
+    was_active = bool(page.flags & PG_active)
+    if was_lru:
+        machine.lru.remove(page)
+    page.count += 1  # isolation, held until the end
+    zone = machine.zone
     new = machine.alloc_page()
     if new is None:
+        page.count -= 1
+        if was_lru:
+            machine.lru.add(page, active=was_active)
         unlock_page(page)
         return -errno.ENOMEM
-    zone = machine.zone
-    page.count += 1  # isolation, held until the end
     # try_to_unmap(TTU_MIGRATION): each pte becomes a migration entry.
     moved: list[tuple[VmArea, int, bool]] = []
     for vma, address in _mappings(machine, page):
@@ -111,9 +120,7 @@ def migrate_page(machine: Machine, page: Page, *, offlining: bool = False) -> in
         page_add_anon_rmap(new, vma, address)
         mm.set_pte_at(address, mk_pte(new.pfn, writable=writable))
     new.count -= 1  # the allocation's reference: the ptes (and cache) hold it now
-    if page.flags & PG_lru:
-        machine.lru.remove(page)
-    machine.lru.add(new, active=bool(new.flags & PG_active))
+    machine.lru.add(new, active=was_active)
     page.flags &= ~_MOVED_FLAGS
     unlock_page(page)
     zone.put_page(page)  # the isolation reference: the old frame is free
