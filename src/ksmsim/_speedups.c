@@ -8,11 +8,37 @@
  *     must be a whole number of words long.  Same results as
  *     ksmsim.kernel.jhash.jhash2_py.
  *
+ * tree_setup(...), unstable_skip(node, data), stable_skip(node, data, pinned)
+ *     The tree-walk shortcuts of ksmsim.kernel.ksm_shortcuts: walk down a KSM
+ *     red-black tree past the nodes whose per-node step would provably only
+ *     compare contents and descend, and stop at the first node that needs the
+ *     exact step.  Same results as unstable_skip_py and stable_skip_py there;
+ *     see that module for why each is exact.
+ *
+ * rb_setup(...), rb_insert_color(node, root)
+ *     lib/rbtree.c's insert rebalancing on ksmsim.kernel.rbtree's nodes, as
+ *     the pure-Python rb_insert_color there.
+ *
+ * scan_setup(...), scan_ptes(ksm, mm_slot, table, idx, address, stop, smart)
+ *     The pte loop of ksmd's VMA loop over one pte table, with smart scan's
+ *     skipping, as Ksm._scan_ptes in ksm.py.
+ *
+ * PageText(head, filler, size=4096)
+ *     Page contents held as a head and a filler byte, standing for (and
+ *     behaving as) head + bytes([filler]) * (size - len(head)).
+ *
+ * PageBase(pfn)
+ *     The fields of a page frame in C, the base of ksmsim.kernel.page.Page
+ *     when the extension is built (same attributes as the pure-Python base).
+ *
  * Written for ksmsim; plain C99 plus the CPython API, no other dependencies.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
+#include <string.h>
 #include <stdint.h>
+#include <limits.h>
 
 #define KSMSIM_GOLDEN 0x9e3779b9u
 
@@ -105,17 +131,1667 @@ speedups_jhash2(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromUnsignedLong((unsigned long)h);
 }
 
-static PyMethodDef speedups_methods[] = {
-    {"jhash2", (PyCFunction)(void (*)(void))speedups_jhash2, METH_FASTCALL, jhash2_doc},
+
+
+/* ---------------------------------------------------------------------------
+ * PageText: page contents held as a head and a filler byte.
+ *
+ * PageText(head, filler, size=4096) stands for the bytes
+ * head + bytes([filler]) * (size - len(head)) and behaves as those bytes do
+ * where the model uses page contents: ==, <, ... against bytes and other
+ * PageTexts, hash (equal to the bytes' hash), len, indexing and slicing
+ * (slices are bytes), bytes(), the buffer protocol (the bytes are built
+ * while a buffer is exported, and freed after), and every other method of
+ * bytes (startswith, hex, ...: on the bytes, built for the call).  A unique page of the
+ * scenario format costs some 80 bytes instead of 4 KiB.
+ * ------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_VAR_HEAD               /* ob_size: the length of the head */
+    char *buf;                      /* the bytes, while a buffer is exported */
+    int size;                       /* the length of the bytes */
+    unsigned short exports;
+    unsigned char filler;
+    char head[1];
+} PageTextObject;
+
+static PyTypeObject PageText_Type;
+
+#define PT_HLEN(o) Py_SIZE(o)
+
+static inline unsigned char
+pt_at(PageTextObject *o, Py_ssize_t i)
+{
+    return i < PT_HLEN(o) ? (unsigned char)o->head[i] : o->filler;
+}
+
+static PyObject *
+pagetext_make(PyTypeObject *type, const char *head, Py_ssize_t hlen, unsigned char filler,
+              Py_ssize_t size)
+{
+    PageTextObject *o;
+    if (hlen > size) {
+        PyErr_SetString(PyExc_ValueError, "PageText: the head is longer than the page");
+        return NULL;
+    }
+    if (size > INT_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "PageText: size out of range");
+        return NULL;
+    }
+    o = (PageTextObject *)type->tp_alloc(type, hlen + 1);
+    if (o == NULL)
+        return NULL;
+    Py_SET_SIZE(o, hlen);
+    memcpy(o->head, head, (size_t)hlen);
+    o->head[hlen] = 0;
+    o->size = (int)size;
+    o->buf = NULL;
+    o->exports = 0;
+    o->filler = filler;
+    return (PyObject *)o;
+}
+
+static PyObject *
+pagetext_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"head", "filler", "size", NULL};
+    Py_buffer head;
+    int filler;
+    Py_ssize_t size = 4096;
+    PyObject *o;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*i|n:PageText", kwlist, &head, &filler, &size))
+        return NULL;
+    if (filler < 0 || filler > 255) {
+        PyBuffer_Release(&head);
+        PyErr_SetString(PyExc_ValueError, "PageText: the filler is a byte (0-255)");
+        return NULL;
+    }
+    o = pagetext_make(type, (const char *)head.buf, head.len, (unsigned char)filler, size);
+    PyBuffer_Release(&head);
+    return o;
+}
+
+static void
+pagetext_fill(PageTextObject *o, char *out, Py_ssize_t start, Py_ssize_t stop)
+{
+    Py_ssize_t hlen = PT_HLEN(o), i = start;
+    if (i < hlen) {
+        Py_ssize_t n = (stop < hlen ? stop : hlen) - i;
+        memcpy(out, o->head + i, (size_t)n);
+        out += n;
+        i += n;
+    }
+    if (i < stop)
+        memset(out, o->filler, (size_t)(stop - i));
+}
+
+static PyObject *
+pagetext_bytes(PageTextObject *o, PyObject *unused)
+{
+    PyObject *b = PyBytes_FromStringAndSize(NULL, o->size);
+    (void)unused;
+    if (b == NULL)
+        return NULL;
+    pagetext_fill(o, PyBytes_AS_STRING(b), 0, o->size);
+    return b;
+}
+
+static void
+pagetext_dealloc(PageTextObject *o)
+{
+    if (o->buf != NULL)
+        PyMem_Free(o->buf);
+    Py_TYPE(o)->tp_free((PyObject *)o);
+}
+
+static Py_ssize_t
+pagetext_length(PageTextObject *o)
+{
+    return (Py_ssize_t)o->size;
+}
+
+static Py_hash_t
+pagetext_hash(PageTextObject *o)
+{
+    Py_hash_t h;
+    PyObject *b = pagetext_bytes(o, NULL);
+    if (b == NULL)
+        return -1;
+    h = PyObject_Hash(b);
+    Py_DECREF(b);
+    return h;
+}
+
+static PyObject *
+pagetext_subscript(PageTextObject *o, PyObject *item)
+{
+    if (PyIndex_Check(item)) {
+        Py_ssize_t i = PyNumber_AsSsize_t(item, PyExc_IndexError);
+        if (i == -1 && PyErr_Occurred())
+            return NULL;
+        if (i < 0)
+            i += o->size;
+        if (i < 0 || i >= o->size) {
+            PyErr_SetString(PyExc_IndexError, "index out of range");
+            return NULL;
+        }
+        return PyLong_FromLong((long)pt_at(o, i));
+    }
+    if (PySlice_Check(item)) {
+        Py_ssize_t start, stop, step, n, k, i;
+        PyObject *b;
+        char *out;
+        if (PySlice_Unpack(item, &start, &stop, &step) < 0)
+            return NULL;
+        n = PySlice_AdjustIndices(o->size, &start, &stop, step);
+        b = PyBytes_FromStringAndSize(NULL, n);
+        if (b == NULL)
+            return NULL;
+        out = PyBytes_AS_STRING(b);
+        if (step == 1) {
+            if (n > 0)
+                pagetext_fill(o, out, start, stop);
+        } else {
+            for (k = 0, i = start; k < n; k++, i += step)
+                out[k] = (char)pt_at(o, i);
+        }
+        return b;
+    }
+    PyErr_Format(PyExc_TypeError, "PageText indices must be integers or slices, not %.200s",
+                 Py_TYPE(item)->tp_name);
+    return NULL;
+}
+
+/* Compare a PageText with raw bytes lexicographically: <0, 0 or >0. */
+static int
+pagetext_cmp_raw(PageTextObject *a, const unsigned char *b, Py_ssize_t lb)
+{
+    Py_ssize_t hlen = PT_HLEN(a), n = a->size < lb ? a->size : lb, m, i;
+    int c;
+    m = hlen < n ? hlen : n;
+    c = memcmp(a->head, b, (size_t)m);
+    if (c)
+        return c;
+    for (i = m; i < n; i++) {
+        if (b[i] != a->filler)
+            return a->filler < b[i] ? -1 : 1;
+    }
+    return a->size == lb ? 0 : (a->size < lb ? -1 : 1);
+}
+
+/* Compare two PageTexts lexicographically: <0, 0 or >0. */
+static int
+pagetext_cmp_pt(PageTextObject *a, PageTextObject *b)
+{
+    Py_ssize_t ha = PT_HLEN(a), hb = PT_HLEN(b);
+    Py_ssize_t n = a->size < b->size ? a->size : b->size, i, lo, hi;
+    int c;
+    lo = ha < hb ? ha : hb;
+    hi = ha > hb ? ha : hb;
+    if (lo > n)
+        lo = n;
+    if (hi > n)
+        hi = n;
+    c = memcmp(a->head, b->head, (size_t)lo);
+    if (c)
+        return c;
+    for (i = lo; i < hi; i++) {
+        unsigned char x = pt_at(a, i), y = pt_at(b, i);
+        if (x != y)
+            return x < y ? -1 : 1;
+    }
+    if (hi < n && a->filler != b->filler)
+        return a->filler < b->filler ? -1 : 1;
+    return a->size == b->size ? 0 : (a->size < b->size ? -1 : 1);
+}
+
+#define PageText_Check(o) PyObject_TypeCheck(o, &PageText_Type)
+
+static PyObject *
+pagetext_richcompare(PyObject *a, PyObject *b, int op)
+{
+    int c;
+    if (!PageText_Check(a)) {
+        /* Reflected: compare b with a and swap the operator. */
+        PyObject *t = a;
+        static const int swapped[] = {Py_GT, Py_GE, Py_EQ, Py_NE, Py_LT, Py_LE};
+        a = b;
+        b = t;
+        op = swapped[op];
+    }
+    if (PageText_Check(b))
+        c = pagetext_cmp_pt((PageTextObject *)a, (PageTextObject *)b);
+    else if (PyBytes_Check(b))
+        c = pagetext_cmp_raw((PageTextObject *)a, (const unsigned char *)PyBytes_AS_STRING(b),
+                             PyBytes_GET_SIZE(b));
+    else
+        Py_RETURN_NOTIMPLEMENTED;
+    Py_RETURN_RICHCOMPARE(c, 0, op);
+}
+
+static int
+pagetext_getbuffer(PageTextObject *o, Py_buffer *view, int flags)
+{
+    if (o->buf == NULL) {
+        o->buf = PyMem_Malloc(o->size > 0 ? (size_t)o->size : 1);
+        if (o->buf == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        pagetext_fill(o, o->buf, 0, o->size);
+    }
+    if (o->exports == USHRT_MAX) {
+        PyErr_SetString(PyExc_BufferError, "PageText: too many buffers exported");
+        return -1;
+    }
+    if (PyBuffer_FillInfo(view, (PyObject *)o, o->buf, o->size, 1, flags) < 0) {
+        if (o->exports == 0) {
+            PyMem_Free(o->buf);
+            o->buf = NULL;
+        }
+        return -1;
+    }
+    o->exports++;
+    return 0;
+}
+
+static void
+pagetext_releasebuffer(PageTextObject *o, Py_buffer *view)
+{
+    (void)view;
+    if (--o->exports == 0) {
+        PyMem_Free(o->buf);
+        o->buf = NULL;
+    }
+}
+
+static PyObject *
+pagetext_repr(PageTextObject *o)
+{
+    PyObject *head = PyBytes_FromStringAndSize(o->head, PT_HLEN(o)), *r;
+    if (head == NULL)
+        return NULL;
+    r = PyUnicode_FromFormat("PageText(%R, %d, %d)", head, (int)o->filler, o->size);
+    Py_DECREF(head);
+    return r;
+}
+
+static PyObject *
+pagetext_reduce(PageTextObject *o, PyObject *unused)
+{
+    (void)unused;
+    return Py_BuildValue("(O(y#ii))", (PyObject *)Py_TYPE(o), o->head, PT_HLEN(o),
+                         (int)o->filler, o->size);
+}
+
+static PyObject *
+pagetext_get_head(PageTextObject *o, void *closure)
+{
+    (void)closure;
+    return PyBytes_FromStringAndSize(o->head, PT_HLEN(o));
+}
+
+static PyObject *
+pagetext_get_filler(PageTextObject *o, void *closure)
+{
+    (void)closure;
+    return PyLong_FromLong((long)o->filler);
+}
+
+static PyObject *
+pagetext_get_size(PageTextObject *o, void *closure)
+{
+    (void)closure;
+    return PyLong_FromLong((long)o->size);
+}
+
+/* Any other attribute is the bytes' own (startswith, hex, decode, ...), on the bytes built
+ * for the occasion. */
+static PyObject *
+pagetext_getattro(PyObject *o, PyObject *name)
+{
+    PyObject *r = PyObject_GenericGetAttr(o, name), *b;
+    if (r != NULL || !PyErr_ExceptionMatches(PyExc_AttributeError))
+        return r;
+    PyErr_Clear();
+    b = pagetext_bytes((PageTextObject *)o, NULL);
+    if (b == NULL)
+        return NULL;
+    r = PyObject_GetAttr(b, name);
+    Py_DECREF(b);
+    return r;
+}
+
+static PyGetSetDef pagetext_getset[] = {
+    {"head", (getter)pagetext_get_head, NULL, "the bytes before the filler", NULL},
+    {"filler", (getter)pagetext_get_filler, NULL, "the byte that fills the rest", NULL},
+    {"size", (getter)pagetext_get_size, NULL, "the length of the bytes", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef pagetext_methods[] = {
+    {"__bytes__", (PyCFunction)pagetext_bytes, METH_NOARGS, "Return the bytes."},
+    {"__reduce__", (PyCFunction)pagetext_reduce, METH_NOARGS, "Pickle support."},
     {NULL, NULL, 0, NULL},
 };
 
+static PyMappingMethods pagetext_as_mapping = {
+    (lenfunc)pagetext_length,
+    (binaryfunc)pagetext_subscript,
+    NULL,
+};
+
+static PySequenceMethods pagetext_as_sequence = {
+    .sq_length = (lenfunc)pagetext_length,
+};
+
+static PyBufferProcs pagetext_as_buffer = {
+    (getbufferproc)pagetext_getbuffer,
+    (releasebufferproc)pagetext_releasebuffer,
+};
+
+PyDoc_STRVAR(pagetext_doc,
+"PageText(head, filler, size=4096)\n"
+"--\n"
+"\n"
+"The bytes head + bytes([filler]) * (size - len(head)), held as the head and\n"
+"the filler; compares, hashes, indexes, slices and exports a buffer as those\n"
+"bytes do.");
+
+static PyTypeObject PageText_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ksmsim._speedups.PageText",
+    .tp_basicsize = offsetof(PageTextObject, head),
+    .tp_itemsize = 1,
+    .tp_dealloc = (destructor)pagetext_dealloc,
+    .tp_repr = (reprfunc)pagetext_repr,
+    .tp_as_sequence = &pagetext_as_sequence,
+    .tp_as_mapping = &pagetext_as_mapping,
+    .tp_hash = (hashfunc)pagetext_hash,
+    .tp_getattro = pagetext_getattro,
+    .tp_as_buffer = &pagetext_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = pagetext_doc,
+    .tp_richcompare = pagetext_richcompare,
+    .tp_methods = pagetext_methods,
+    .tp_getset = pagetext_getset,
+    .tp_new = pagetext_new,
+};
+
+
+/* ---------------------------------------------------------------------------
+ * PageBase: the fields of a page frame (ksmsim.kernel.page.Page) in C.
+ *
+ * The same attributes as the pure-Python base in page.py.  The frame number,
+ * the index and private are held as C integers, so that a frame needs no int
+ * objects of its own for them, and the object is 112 bytes, not 128;
+ * the fields the hot paths read and write are object slots, which the
+ * interpreter's attribute caches handle as fast as __slots__.
+ * ------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *count;
+    PyObject *mapcount;
+    PyObject *mapping_flags;
+    PyObject *flags;
+    PyObject *csum;
+    PyObject *mapping;
+    PyObject *data;
+    PyObject *csum_of;
+    Py_ssize_t index;
+    unsigned int pfn;           /* 16 TiB of frames */
+    unsigned int private_;      /* a swap slot */
+} PageBaseObject;
+
+static int
+pagebase_init(PageBaseObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"pfn", NULL};
+    Py_ssize_t pfn;
+    PyObject *zero;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n:Page", kwlist, &pfn))
+        return -1;
+    if (pfn < 0 || pfn > (Py_ssize_t)UINT_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "Page: pfn out of range");
+        return -1;
+    }
+    zero = PyLong_FromLong(0);
+    if (zero == NULL)
+        return -1;
+    self->pfn = (unsigned int)pfn;
+    self->index = 0;
+    self->private_ = 0;
+    Py_INCREF(zero);
+    Py_XSETREF(self->count, zero);
+    Py_INCREF(zero);
+    Py_XSETREF(self->mapcount, zero);
+    Py_INCREF(zero);
+    Py_XSETREF(self->mapping_flags, zero);
+    Py_INCREF(zero);
+    Py_XSETREF(self->flags, zero);
+    Py_XSETREF(self->csum, zero);
+    Py_INCREF(Py_None);
+    Py_XSETREF(self->mapping, Py_None);
+    Py_INCREF(Py_None);
+    Py_XSETREF(self->data, Py_None);
+    Py_INCREF(Py_None);
+    Py_XSETREF(self->csum_of, Py_None);
+    return 0;
+}
+
+static int
+pagebase_traverse(PageBaseObject *self, visitproc visit, void *arg)
+{
+    /* A static type: a heap subclass's traverse visits the type itself. */
+    Py_VISIT(self->count);
+    Py_VISIT(self->mapcount);
+    Py_VISIT(self->mapping_flags);
+    Py_VISIT(self->flags);
+    Py_VISIT(self->csum);
+    Py_VISIT(self->mapping);
+    Py_VISIT(self->data);
+    Py_VISIT(self->csum_of);
+    return 0;
+}
+
+static int
+pagebase_clear(PageBaseObject *self)
+{
+    Py_CLEAR(self->count);
+    Py_CLEAR(self->mapcount);
+    Py_CLEAR(self->mapping_flags);
+    Py_CLEAR(self->flags);
+    Py_CLEAR(self->csum);
+    Py_CLEAR(self->mapping);
+    Py_CLEAR(self->data);
+    Py_CLEAR(self->csum_of);
+    return 0;
+}
+
+static void
+pagebase_dealloc(PageBaseObject *self)
+{
+    /* A heap subclass's dealloc (subtype_dealloc) drops the reference to its type. */
+    PyObject_GC_UnTrack(self);
+    pagebase_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef pagebase_members[] = {
+    {"count", T_OBJECT_EX, offsetof(PageBaseObject, count), 0, "page_count()"},
+    {"mapcount", T_OBJECT_EX, offsetof(PageBaseObject, mapcount), 0, "page_mapcount()"},
+    {"mapping_flags", T_OBJECT_EX, offsetof(PageBaseObject, mapping_flags), 0,
+     "the low bits of page->mapping"},
+    {"flags", T_OBJECT_EX, offsetof(PageBaseObject, flags), 0, "page flags"},
+    {"csum", T_OBJECT_EX, offsetof(PageBaseObject, csum), 0, "cached checksum of csum_of"},
+    {"mapping", T_OBJECT_EX, offsetof(PageBaseObject, mapping), 0, "page->mapping"},
+    {"data", T_OBJECT_EX, offsetof(PageBaseObject, data), 0, "the contents"},
+    {"csum_of", T_OBJECT_EX, offsetof(PageBaseObject, csum_of), 0,
+     "the contents object csum was computed for"},
+    {"index", T_PYSSIZET, offsetof(PageBaseObject, index), 0, "page->index"},
+    {"pfn", T_UINT, offsetof(PageBaseObject, pfn), 0, "the frame number"},
+    {"private", T_UINT, offsetof(PageBaseObject, private_), 0, "page->private"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+PyDoc_STRVAR(pagebase_doc,
+"PageBase(pfn)\n"
+"--\n"
+"\n"
+"The fields of a page frame, held in C (the base of ksmsim.kernel.page.Page).");
+
+static PyTypeObject PageBase_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ksmsim._speedups.PageBase",
+    .tp_basicsize = sizeof(PageBaseObject),
+    .tp_dealloc = (destructor)pagebase_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = pagebase_doc,
+    .tp_traverse = (traverseproc)pagebase_traverse,
+    .tp_clear = (inquiry)pagebase_clear,
+    .tp_members = pagebase_members,
+    .tp_init = (initproc)pagebase_init,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ---------------------------------------------------------------------------
+ * Tree-walk shortcuts (ksmsim.kernel.ksm_shortcuts).
+ *
+ * The nodes are Python objects with __slots__; tree_setup() is handed the
+ * slot descriptors once, and the walks read the slots at their offsets, as
+ * the member descriptors themselves do.
+ * ------------------------------------------------------------------------- */
+
+typedef struct {
+    int ready;
+    PyTypeObject *rbnode_type, *item_type, *stable_type, *page_type;
+    Py_ssize_t rb_left, rb_right, tree_page, sn_page, sn_hlist_len, sn_dup_next;
+    Py_ssize_t pg_data, pg_mapping, pg_mapping_flags, pg_count;
+    long chain_len;
+    long ksm_flags;
+    int page_native;            /* pages are PageBase objects: fields read from the struct */
+} tree_layout;
+
+static tree_layout layout;
+
+/* The offset of a __slots__ member, from its descriptor (-1 with an error set). */
+static Py_ssize_t
+slot_offset(PyObject *descr, PyTypeObject *owner)
+{
+    PyMemberDef *m;
+    if (!Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+        PyErr_SetString(PyExc_TypeError, "tree_setup: expected a __slots__ member descriptor");
+        return -1;
+    }
+    if (!PyType_IsSubtype(owner, PyDescr_TYPE(descr))) {
+        PyErr_SetString(PyExc_TypeError, "tree_setup: descriptor of another class");
+        return -1;
+    }
+    m = ((PyMemberDescrObject *)descr)->d_member;
+    if (m->type != T_OBJECT_EX) {
+        PyErr_SetString(PyExc_TypeError, "tree_setup: not an object slot");
+        return -1;
+    }
+    return m->offset;
+}
+
+/* A slot's value, borrowed; NULL with AttributeError when the slot is unset. */
+static inline PyObject *
+slot_get(PyObject *obj, Py_ssize_t off)
+{
+    PyObject *v = *(PyObject **)((char *)obj + off);
+    if (v == NULL)
+        PyErr_SetString(PyExc_AttributeError, "unset slot in a tree walk");
+    return v;
+}
+
+/* A small-int slot's value; -1 with an error set when it is not an int. */
+static inline int
+slot_long(PyObject *obj, Py_ssize_t off, long *out)
+{
+    PyObject *v = slot_get(obj, off);
+    if (v == NULL)
+        return -1;
+    if (!PyLong_Check(v)) {
+        PyErr_SetString(PyExc_TypeError, "tree walk: int slot holds a non-int");
+        return -1;
+    }
+    *out = PyLong_AsLong(v);
+    if (*out == -1 && PyErr_Occurred())
+        return -1;
+    return 0;
+}
+
+/* Compare page contents as `a == b` then `a < b` do: -1, 0 or 1; -2 on error. */
+static inline int
+contents_cmp(PyObject *a, PyObject *b)
+{
+    int r;
+    if (a == b)
+        return 0;
+    if (PyBytes_CheckExact(a)) {
+        if (PyBytes_CheckExact(b)) {
+            Py_ssize_t la = PyBytes_GET_SIZE(a), lb = PyBytes_GET_SIZE(b);
+            int c = memcmp(PyBytes_AS_STRING(a), PyBytes_AS_STRING(b),
+                           (size_t)(la < lb ? la : lb));
+            if (c)
+                return c < 0 ? -1 : 1;
+            return la == lb ? 0 : (la < lb ? -1 : 1);
+        }
+        if (Py_IS_TYPE(b, &PageText_Type)) {
+            int c = pagetext_cmp_raw((PageTextObject *)b,
+                                     (const unsigned char *)PyBytes_AS_STRING(a),
+                                     PyBytes_GET_SIZE(a));
+            return c < 0 ? 1 : (c > 0 ? -1 : 0);
+        }
+    } else if (Py_IS_TYPE(a, &PageText_Type)) {
+        int c;
+        if (Py_IS_TYPE(b, &PageText_Type))
+            c = pagetext_cmp_pt((PageTextObject *)a, (PageTextObject *)b);
+        else if (PyBytes_CheckExact(b))
+            c = pagetext_cmp_raw((PageTextObject *)a, (const unsigned char *)PyBytes_AS_STRING(b),
+                                 PyBytes_GET_SIZE(b));
+        else
+            goto generic;
+        return c < 0 ? -1 : (c > 0 ? 1 : 0);
+    }
+generic:
+    r = PyObject_RichCompareBool(a, b, Py_EQ);
+    if (r < 0)
+        return -2;
+    if (r)
+        return 0;
+    r = PyObject_RichCompareBool(a, b, Py_LT);
+    if (r < 0)
+        return -2;
+    return r ? -1 : 1;
+}
+
+PyDoc_STRVAR(tree_setup_doc,
+"tree_setup(rbnode, item, stable, page, rb_left, rb_right, tree_page, sn_page,\n"
+"           sn_hlist_len, pg_data, pg_mapping, pg_mapping_flags, pg_count,\n"
+"           chain_len, ksm_flags, sn_dup_next, /)\n"
+"--\n"
+"\n"
+"Tell the tree walks the node and page classes and their slot descriptors.");
+
+static PyObject *
+speedups_tree_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    tree_layout l;
+    int i;
+    (void)module;
+    if (nargs != 16) {
+        PyErr_SetString(PyExc_TypeError, "tree_setup() takes exactly 16 arguments");
+        return NULL;
+    }
+    for (i = 0; i < 4; i++) {
+        if (!PyType_Check(args[i])) {
+            PyErr_SetString(PyExc_TypeError, "tree_setup: the first four arguments are classes");
+            return NULL;
+        }
+    }
+    l.rbnode_type = (PyTypeObject *)args[0];
+    l.item_type = (PyTypeObject *)args[1];
+    l.stable_type = (PyTypeObject *)args[2];
+    l.page_type = (PyTypeObject *)args[3];
+    if ((l.rb_left = slot_offset(args[4], l.rbnode_type)) < 0 ||
+        (l.rb_right = slot_offset(args[5], l.rbnode_type)) < 0 ||
+        (l.tree_page = slot_offset(args[6], l.item_type)) < 0 ||
+        (l.sn_page = slot_offset(args[7], l.stable_type)) < 0 ||
+        (l.sn_hlist_len = slot_offset(args[8], l.stable_type)) < 0 ||
+        (l.sn_dup_next = slot_offset(args[15], l.stable_type)) < 0)
+        return NULL;
+    l.page_native = PyType_IsSubtype(l.page_type, &PageBase_Type);
+    if (!l.page_native &&
+        ((l.pg_data = slot_offset(args[9], l.page_type)) < 0 ||
+         (l.pg_mapping = slot_offset(args[10], l.page_type)) < 0 ||
+         (l.pg_mapping_flags = slot_offset(args[11], l.page_type)) < 0 ||
+         (l.pg_count = slot_offset(args[12], l.page_type)) < 0))
+        return NULL;
+    l.chain_len = PyLong_AsLong(args[13]);
+    if (l.chain_len == -1 && PyErr_Occurred())
+        return NULL;
+    l.ksm_flags = PyLong_AsLong(args[14]);
+    if (l.ksm_flags == -1 && PyErr_Occurred())
+        return NULL;
+    /* The classes live as long as the interpreter: keep them so. */
+    Py_INCREF(l.rbnode_type);
+    Py_INCREF(l.item_type);
+    Py_INCREF(l.stable_type);
+    Py_INCREF(l.page_type);
+    l.ready = 1;
+    layout = l;
+    Py_RETURN_NONE;
+}
+
+/* A page's contents (borrowed), as either layout holds them; NULL with an error set. */
+static inline PyObject *
+page_data(PyObject *page)
+{
+    if (layout.page_native) {
+        PyObject *v = ((PageBaseObject *)page)->data;
+        return v ? v : Py_None;
+    }
+    return slot_get(page, layout.pg_data);
+}
+
+/* 1 when get_ksm_page() would take the page for the node (keyhole test), 0 if not, -1 on error. */
+static inline int
+page_keyhole_ok(PyObject *page, PyObject *node)
+{
+    long flags, count;
+    PyObject *mapping;
+    if (layout.page_native) {
+        PageBaseObject *p = (PageBaseObject *)page;
+        if (p->mapping != node)
+            return 0;
+        if (!PyLong_Check(p->mapping_flags) || !PyLong_Check(p->count)) {
+            PyErr_SetString(PyExc_TypeError, "tree walk: page field holds a non-int");
+            return -1;
+        }
+        flags = PyLong_AsLong(p->mapping_flags);
+        count = PyLong_AsLong(p->count);
+        if ((flags == -1 || count == -1) && PyErr_Occurred())
+            return -1;
+        return flags == layout.ksm_flags && count != 0;
+    }
+    mapping = slot_get(page, layout.pg_mapping);
+    if (mapping == NULL)
+        return -1;
+    if (mapping != node)
+        return 0;
+    if (slot_long(page, layout.pg_mapping_flags, &flags) < 0)
+        return -1;
+    if (flags != layout.ksm_flags)
+        return 0;
+    if (slot_long(page, layout.pg_count, &count) < 0)
+        return -1;
+    return count != 0;
+}
+
+/* The result tuple of a walk: (node or None, parent or None, left, compares). */
+static PyObject *
+walk_result(PyObject *node, PyObject *parent, int left, Py_ssize_t n)
+{
+    return Py_BuildValue("(OOOn)", node, parent ? parent : Py_None,
+                         left ? Py_True : Py_False, n);
+}
+
+static int
+walk_ready(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, const char *name)
+{
+    if (!layout.ready) {
+        PyErr_Format(PyExc_RuntimeError, "%s() before tree_setup()", name);
+        return 0;
+    }
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "%s() takes exactly %zd arguments", name, want);
+        return 0;
+    }
+    (void)args;
+    return 1;
+}
+
+PyDoc_STRVAR(unstable_skip_doc,
+"unstable_skip(node, data, /)\n"
+"--\n"
+"\n"
+"Walk down from an unstable-tree node past every node whose recorded page\n"
+"holds contents other than data; stop at a node with no recorded page or\n"
+"with equal contents.  Returns (node or None, parent, left, compares).");
+
+static PyObject *
+speedups_unstable_skip(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *node, *data, *parent = NULL, *page, *tree_data;
+    int left = 0, c;
+    Py_ssize_t n = 0;
+    (void)module;
+    if (!walk_ready(args, nargs, 2, "unstable_skip"))
+        return NULL;
+    node = args[0];
+    data = args[1];
+    while (node != Py_None) {
+        if (!PyObject_TypeCheck(node, layout.item_type)) {
+            PyErr_SetString(PyExc_TypeError, "unstable_skip: a node that is not an rmap_item");
+            return NULL;
+        }
+        page = slot_get(node, layout.tree_page);
+        if (page == NULL)
+            return NULL;
+        if (page == Py_None)
+            break;
+        if (!PyObject_TypeCheck(page, layout.page_type)) {
+            PyErr_SetString(PyExc_TypeError, "unstable_skip: tree_page is not a page");
+            return NULL;
+        }
+        tree_data = page_data(page);
+        if (tree_data == NULL)
+            return NULL;
+        if (tree_data == Py_None)
+            break;
+        c = contents_cmp(data, tree_data);
+        if (c == -2)
+            return NULL;
+        if (c == 0)
+            break;
+        n++;
+        parent = node;
+        left = c < 0;
+        node = slot_get(node, left ? layout.rb_left : layout.rb_right);
+        if (node == NULL)
+            return NULL;
+    }
+    return walk_result(node, parent, left, n);
+}
+
+
+PyDoc_STRVAR(dup_skip_doc,
+"dup_skip(dup, found, found_len, max_page_sharing, prune, pinned, /)\n"
+"--\n"
+"\n"
+"Walk a chain's dups from dup as stable_node_dup() does, past every dup whose\n"
+"page get_ksm_page() would return, choosing the best as it does; stop at a\n"
+"dup failing that test, at the end, or where it breaks off.  Returns\n"
+"(dup to take the exact step at or None, found, found_len, broke off).");
+
+static PyObject *
+speedups_dup_skip(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *dup, *found, *page, *next;
+    long found_len, max_sharing, n, fn;
+    int prune, pinned, ok, cand;
+    (void)module;
+    if (!walk_ready(args, nargs, 6, "dup_skip"))
+        return NULL;
+    dup = args[0];
+    found = args[1];
+    found_len = PyLong_AsLong(args[2]);
+    max_sharing = PyLong_AsLong(args[3]);
+    prune = PyObject_IsTrue(args[4]);
+    pinned = PyObject_IsTrue(args[5]);
+    if (PyErr_Occurred() || prune < 0 || pinned < 0)
+        return NULL;
+    while (dup != Py_None) {
+        if (!PyObject_TypeCheck(dup, layout.stable_type)) {
+            PyErr_SetString(PyExc_TypeError, "dup_skip: a dup that is not a stable node");
+            return NULL;
+        }
+        page = slot_get(dup, layout.sn_page);
+        if (page == NULL)
+            return NULL;
+        if (page == Py_None)
+            break;
+        if (!PyObject_TypeCheck(page, layout.page_type)) {
+            PyErr_SetString(PyExc_TypeError, "dup_skip: dup.page is not a page");
+            return NULL;
+        }
+        if (!pinned) {
+            ok = page_keyhole_ok(page, dup);
+            if (ok < 0)
+                return NULL;
+            if (!ok)
+                break;
+        }
+        next = slot_get(dup, layout.sn_dup_next);
+        if (next == NULL || slot_long(dup, layout.sn_hlist_len, &n) < 0)
+            return NULL;
+        cand = n > 0 && n < max_sharing;
+        if (found != Py_None) {
+            if (slot_long(found, layout.sn_hlist_len, &fn) < 0)
+                return NULL;
+        } else {
+            fn = 0;
+        }
+        if (found == Py_None || (cand && (!(fn > 0 && fn < max_sharing) || n > found_len))) {
+            found = dup;
+            found_len = n;
+            if (!prune && cand)
+                return Py_BuildValue("(OOlO)", next, found, found_len, Py_True);
+        }
+        dup = next;
+    }
+    return Py_BuildValue("(OOlO)", dup, found, found_len, Py_False);
+}
+
+PyDoc_STRVAR(stable_skip_doc,
+"stable_skip(node, data, pinned, /)\n"
+"--\n"
+"\n"
+"Walk down from a stable-tree node past every regular node whose page\n"
+"get_ksm_page() would return (its mapping is the node, KSM-flagged, count\n"
+"above zero; any page when pinned) and whose contents differ from data;\n"
+"stop at a chain, a node failing that test, or equal contents.  Returns\n"
+"(node or None, parent, left, compares).");
+
+static PyObject *
+speedups_stable_skip(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *node, *data, *parent = NULL, *page, *tree_data;
+    int left = 0, c, pinned;
+    long v;
+    Py_ssize_t n = 0;
+    (void)module;
+    if (!walk_ready(args, nargs, 3, "stable_skip"))
+        return NULL;
+    node = args[0];
+    data = args[1];
+    pinned = PyObject_IsTrue(args[2]);
+    if (pinned < 0)
+        return NULL;
+    while (node != Py_None) {
+        if (!PyObject_TypeCheck(node, layout.stable_type)) {
+            PyErr_SetString(PyExc_TypeError, "stable_skip: a node that is not a stable node");
+            return NULL;
+        }
+        if (slot_long(node, layout.sn_hlist_len, &v) < 0)
+            return NULL;
+        if (v == layout.chain_len)
+            break;
+        page = slot_get(node, layout.sn_page);
+        if (page == NULL)
+            return NULL;
+        if (page == Py_None)
+            break;
+        if (!PyObject_TypeCheck(page, layout.page_type)) {
+            PyErr_SetString(PyExc_TypeError, "stable_skip: node.page is not a page");
+            return NULL;
+        }
+        if (!pinned) {
+            int ok = page_keyhole_ok(page, node);
+            if (ok < 0)
+                return NULL;
+            if (!ok)
+                break;
+        }
+        tree_data = page_data(page);
+        if (tree_data == NULL)
+            return NULL;
+        if (tree_data == Py_None)
+            break;
+        c = contents_cmp(data, tree_data);
+        if (c == -2)
+            return NULL;
+        if (c == 0)
+            break;
+        n++;
+        parent = node;
+        left = c < 0;
+        node = slot_get(node, left ? layout.rb_left : layout.rb_right);
+        if (node == NULL)
+            return NULL;
+    }
+    return walk_result(node, parent, left, n);
+}
+
+
+/* ---------------------------------------------------------------------------
+ * rb_insert_color(node, root): lib/rbtree.c's insert rebalancing (v2.6.33) on
+ * the nodes of ksmsim.kernel.rbtree, step for step as the pure-Python
+ * rb_insert_color there (same rotations, same colours).
+ * ------------------------------------------------------------------------- */
+
+typedef struct {
+    int ready;
+    PyTypeObject *node_type, *root_type;
+    Py_ssize_t parent, left, right, red, root_node;
+} rb_layout_t;
+
+static rb_layout_t rb_layout;
+
+/* A link slot's value, borrowed (None for "no node"). */
+static inline PyObject *
+rb_get(PyObject *obj, Py_ssize_t off)
+{
+    PyObject *v = *(PyObject **)((char *)obj + off);
+    return v ? v : Py_None;
+}
+
+/* Store a new reference in a slot, dropping the old one. */
+static inline void
+rb_set(PyObject *obj, Py_ssize_t off, PyObject *value)
+{
+    PyObject **slot = (PyObject **)((char *)obj + off);
+    PyObject *old = *slot;
+    Py_INCREF(value);
+    *slot = value;
+    Py_XDECREF(old);
+}
+
+static inline int
+rb_is_red(PyObject *node)
+{
+    PyObject *v;
+    if (node == Py_None)
+        return 0;
+    v = rb_get(node, rb_layout.red);
+    if (v == Py_True)
+        return 1;
+    if (v == Py_False || v == Py_None)
+        return 0;
+    return PyObject_IsTrue(v);
+}
+
+static inline void
+rb_set_red(PyObject *node, int red)
+{
+    rb_set(node, rb_layout.red, red ? Py_True : Py_False);
+}
+
+static void
+rb_rotate_left(PyObject *node, PyObject *root)
+{
+    PyObject *right = rb_get(node, rb_layout.right);
+    PyObject *parent = rb_get(node, rb_layout.parent);
+    PyObject *inner = rb_get(right, rb_layout.left);
+    Py_INCREF(right);
+    Py_INCREF(parent);
+    rb_set(node, rb_layout.right, inner);
+    if (inner != Py_None)
+        rb_set(inner, rb_layout.parent, node);
+    rb_set(right, rb_layout.left, node);
+    rb_set(right, rb_layout.parent, parent);
+    if (parent == Py_None)
+        rb_set(root, rb_layout.root_node, right);
+    else if (rb_get(parent, rb_layout.left) == node)
+        rb_set(parent, rb_layout.left, right);
+    else
+        rb_set(parent, rb_layout.right, right);
+    rb_set(node, rb_layout.parent, right);
+    Py_DECREF(parent);
+    Py_DECREF(right);
+}
+
+static void
+rb_rotate_right(PyObject *node, PyObject *root)
+{
+    PyObject *left = rb_get(node, rb_layout.left);
+    PyObject *parent = rb_get(node, rb_layout.parent);
+    PyObject *inner = rb_get(left, rb_layout.right);
+    Py_INCREF(left);
+    Py_INCREF(parent);
+    rb_set(node, rb_layout.left, inner);
+    if (inner != Py_None)
+        rb_set(inner, rb_layout.parent, node);
+    rb_set(left, rb_layout.right, node);
+    rb_set(left, rb_layout.parent, parent);
+    if (parent == Py_None)
+        rb_set(root, rb_layout.root_node, left);
+    else if (rb_get(parent, rb_layout.right) == node)
+        rb_set(parent, rb_layout.right, left);
+    else
+        rb_set(parent, rb_layout.left, left);
+    rb_set(node, rb_layout.parent, left);
+    Py_DECREF(parent);
+    Py_DECREF(left);
+}
+
+PyDoc_STRVAR(rb_setup_doc,
+"rb_setup(node_class, root_class, rb_parent, rb_left, rb_right, rb_red, rb_node, /)\n"
+"--\n"
+"\n"
+"Tell rb_insert_color the node and root classes and their slot descriptors.");
+
+static PyObject *
+speedups_rb_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    rb_layout_t l;
+    (void)module;
+    if (nargs != 7 || !PyType_Check(args[0]) || !PyType_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "rb_setup() takes two classes and five descriptors");
+        return NULL;
+    }
+    l.node_type = (PyTypeObject *)args[0];
+    l.root_type = (PyTypeObject *)args[1];
+    if ((l.parent = slot_offset(args[2], l.node_type)) < 0 ||
+        (l.left = slot_offset(args[3], l.node_type)) < 0 ||
+        (l.right = slot_offset(args[4], l.node_type)) < 0 ||
+        (l.red = slot_offset(args[5], l.node_type)) < 0 ||
+        (l.root_node = slot_offset(args[6], l.root_type)) < 0)
+        return NULL;
+    Py_INCREF(l.node_type);
+    Py_INCREF(l.root_type);
+    l.ready = 1;
+    rb_layout = l;
+    Py_RETURN_NONE;
+}
+
+/* Check that every node met is a node with its slots set (they are read unchecked after). */
+static int
+rb_check(PyObject *node)
+{
+    if (!PyObject_TypeCheck(node, rb_layout.node_type)) {
+        PyErr_SetString(PyExc_TypeError, "rb_insert_color: not a tree node");
+        return -1;
+    }
+    if (*(PyObject **)((char *)node + rb_layout.parent) == NULL ||
+        *(PyObject **)((char *)node + rb_layout.left) == NULL ||
+        *(PyObject **)((char *)node + rb_layout.right) == NULL ||
+        *(PyObject **)((char *)node + rb_layout.red) == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "rb_insert_color: a node with unset links");
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(rb_insert_color_doc,
+"rb_insert_color(node, root, /)\n"
+"--\n"
+"\n"
+"Restore the red-black rules after linking node: rb_insert_color() of\n"
+"lib/rbtree.c (v2.6.33), as ksmsim.kernel.rbtree.rb_insert_color.");
+
+static PyObject *
+speedups_rb_insert_color(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *node, *root, *parent, *gparent, *uncle, *top;
+    int red;
+    (void)module;
+    if (!rb_layout.ready) {
+        PyErr_SetString(PyExc_RuntimeError, "rb_insert_color() before rb_setup()");
+        return NULL;
+    }
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "rb_insert_color() takes exactly 2 arguments");
+        return NULL;
+    }
+    node = args[0];
+    root = args[1];
+    if (!PyObject_TypeCheck(root, rb_layout.root_type)) {
+        PyErr_SetString(PyExc_TypeError, "rb_insert_color: not a tree root");
+        return NULL;
+    }
+    if (rb_check(node) < 0)
+        return NULL;
+    /* Hold the nodes we work on: relinking must never free one under us. */
+    Py_INCREF(node);
+    parent = rb_get(node, rb_layout.parent);
+    for (;;) {
+        if (parent == Py_None)
+            break;
+        if (rb_check(parent) < 0)
+            goto error;
+        red = rb_is_red(parent);
+        if (red < 0)
+            goto error;
+        if (!red)
+            break;
+        gparent = rb_get(parent, rb_layout.parent);
+        if (gparent == Py_None || rb_check(gparent) < 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_AssertionError, "rb_insert_color: a red root");
+            goto error;
+        }
+        Py_INCREF(parent);
+        Py_INCREF(gparent);
+        if (parent == rb_get(gparent, rb_layout.left)) {
+            uncle = rb_get(gparent, rb_layout.right);
+            red = uncle != Py_None ? rb_is_red(uncle) : 0;
+            if (red < 0) {
+                Py_DECREF(parent);
+                Py_DECREF(gparent);
+                goto error;
+            }
+            if (red) {
+                rb_set_red(uncle, 0);
+                rb_set_red(parent, 0);
+                rb_set_red(gparent, 1);
+                Py_DECREF(node);
+                node = gparent;     /* keeps the reference taken above */
+                Py_DECREF(parent);
+                parent = rb_get(node, rb_layout.parent);
+                continue;
+            }
+            if (rb_get(parent, rb_layout.right) == node) {
+                PyObject *t;
+                rb_rotate_left(parent, root);
+                t = parent;
+                parent = node;
+                node = t;
+            }
+            rb_set_red(parent, 0);
+            rb_set_red(gparent, 1);
+            rb_rotate_right(gparent, root);
+        } else {
+            uncle = rb_get(gparent, rb_layout.left);
+            red = uncle != Py_None ? rb_is_red(uncle) : 0;
+            if (red < 0) {
+                Py_DECREF(parent);
+                Py_DECREF(gparent);
+                goto error;
+            }
+            if (red) {
+                rb_set_red(uncle, 0);
+                rb_set_red(parent, 0);
+                rb_set_red(gparent, 1);
+                Py_DECREF(node);
+                node = gparent;
+                Py_DECREF(parent);
+                parent = rb_get(node, rb_layout.parent);
+                continue;
+            }
+            if (rb_get(parent, rb_layout.left) == node) {
+                PyObject *t;
+                rb_rotate_right(parent, root);
+                t = parent;
+                parent = node;
+                node = t;
+            }
+            rb_set_red(parent, 0);
+            rb_set_red(gparent, 1);
+            rb_rotate_left(gparent, root);
+        }
+        Py_DECREF(parent);
+        Py_DECREF(gparent);
+        break;
+    }
+    Py_DECREF(node);
+    top = rb_get(root, rb_layout.root_node);
+    if (top == Py_None) {
+        PyErr_SetString(PyExc_AssertionError, "rb_insert_color: an empty tree");
+        return NULL;
+    }
+    rb_set_red(top, 0);
+    Py_RETURN_NONE;
+error:
+    Py_DECREF(node);
+    return NULL;
+}
+
+
+/* ---------------------------------------------------------------------------
+ * scan_ptes(ksm, mm_slot, table, idx, address, stop, smart): the pte loop of
+ * Ksm._scan_mm over one pte table, with smart scan's should_skip_rmap_item(),
+ * as Ksm._scan_ptes in ksm.py does it, step for step; Ksm.get_next_rmap_item()
+ * and Ksm.remove_rmap_item_from_tree() are called back where that code calls
+ * them.  Returns (address, idx, visited, rmap_item or None, page or None).
+ * ------------------------------------------------------------------------- */
+
+typedef struct {
+    int ready;
+    PyTypeObject *item_type, *slot_type, *scan_type, *page_type;
+    Py_ssize_t it_address, it_age, it_skips, it_rmap_list;
+    Py_ssize_t sl_rmap_list, sc_rmap_list;
+    Py_ssize_t pg_count, pg_mapping_flags;
+    unsigned long long present_mask, present;
+    long page_shift, mapping_anon, mapping_flags, u8_max;
+    unsigned long long page_mask;
+    long tree_flags;
+    PyObject *s_ksm_scan, *s_mem_map, *s_smart, *s_skipped, *s_get_next, *s_remove;
+} scan_layout_t;
+
+static scan_layout_t scan_layout;
+
+PyDoc_STRVAR(scan_setup_doc,
+"scan_setup(item, slot, scan, page, descriptors..., constants..., /)\n"
+"--\n"
+"\n"
+"Tell scan_ptes the classes, slot descriptors and constants it works with.");
+
+static PyObject *
+speedups_scan_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    scan_layout_t l;
+    int i;
+    (void)module;
+    if (nargs != 20) {
+        PyErr_SetString(PyExc_TypeError, "scan_setup() takes exactly 20 arguments");
+        return NULL;
+    }
+    for (i = 0; i < 4; i++) {
+        if (!PyType_Check(args[i])) {
+            PyErr_SetString(PyExc_TypeError, "scan_setup: the first four arguments are classes");
+            return NULL;
+        }
+    }
+    l.item_type = (PyTypeObject *)args[0];
+    l.slot_type = (PyTypeObject *)args[1];
+    l.scan_type = (PyTypeObject *)args[2];
+    l.page_type = (PyTypeObject *)args[3];
+    if ((l.it_address = slot_offset(args[4], l.item_type)) < 0 ||
+        (l.it_age = slot_offset(args[5], l.item_type)) < 0 ||
+        (l.it_skips = slot_offset(args[6], l.item_type)) < 0 ||
+        (l.it_rmap_list = slot_offset(args[7], l.item_type)) < 0 ||
+        (l.sl_rmap_list = slot_offset(args[8], l.slot_type)) < 0 ||
+        (l.sc_rmap_list = slot_offset(args[9], l.scan_type)) < 0 ||
+        (l.pg_count = slot_offset(args[10], l.page_type)) < 0 ||
+        (l.pg_mapping_flags = slot_offset(args[11], l.page_type)) < 0)
+        return NULL;
+    l.present_mask = PyLong_AsUnsignedLongLong(args[12]);
+    l.present = PyLong_AsUnsignedLongLong(args[13]);
+    l.page_shift = PyLong_AsLong(args[14]);
+    l.mapping_anon = PyLong_AsLong(args[15]);
+    l.mapping_flags = PyLong_AsLong(args[16]);
+    l.u8_max = PyLong_AsLong(args[17]);
+    l.page_mask = PyLong_AsUnsignedLongLong(args[18]);
+    l.tree_flags = PyLong_AsLong(args[19]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!(l.s_ksm_scan = PyUnicode_InternFromString("ksm_scan")) ||
+        !(l.s_mem_map = PyUnicode_InternFromString("_mem_map")) ||
+        !(l.s_smart = PyUnicode_InternFromString("ksm_smart_scan")) ||
+        !(l.s_skipped = PyUnicode_InternFromString("ksm_pages_skipped")) ||
+        !(l.s_get_next = PyUnicode_InternFromString("get_next_rmap_item")) ||
+        !(l.s_remove = PyUnicode_InternFromString("remove_rmap_item_from_tree")))
+        return NULL;
+    Py_INCREF(l.item_type);
+    Py_INCREF(l.slot_type);
+    Py_INCREF(l.scan_type);
+    Py_INCREF(l.page_type);
+    l.ready = 1;
+    scan_layout = l;
+    Py_RETURN_NONE;
+}
+
+/* Read an int slot as a long (-1 with an error set on failure: check PyErr_Occurred). */
+static inline long
+scan_long(PyObject *obj, Py_ssize_t off, int *err)
+{
+    PyObject *v = *(PyObject **)((char *)obj + off);
+    long x;
+    if (v == NULL || !PyLong_Check(v)) {
+        PyErr_SetString(PyExc_TypeError, "scan_ptes: an int slot holds no int");
+        *err = 1;
+        return -1;
+    }
+    x = PyLong_AsLong(v);
+    if (x == -1 && PyErr_Occurred())
+        *err = 1;
+    return x;
+}
+
+/* Store a long in an int slot. */
+static inline int
+scan_set_long(PyObject *obj, Py_ssize_t off, long x)
+{
+    PyObject *v = PyLong_FromLong(x);
+    PyObject **slot = (PyObject **)((char *)obj + off);
+    PyObject *old;
+    if (v == NULL)
+        return -1;
+    old = *slot;
+    *slot = v;
+    Py_XDECREF(old);
+    return 0;
+}
+
+/* Store an object in a slot. */
+static inline void
+scan_set(PyObject *obj, Py_ssize_t off, PyObject *v)
+{
+    PyObject **slot = (PyObject **)((char *)obj + off);
+    PyObject *old = *slot;
+    Py_INCREF(v);
+    *slot = v;
+    Py_XDECREF(old);
+}
+
+/* The rmap_list slot of a link (a slot or an item), borrowed; NULL with an error. */
+static inline PyObject *
+link_next(PyObject *link)
+{
+    PyObject *v;
+    if (PyObject_TypeCheck(link, scan_layout.item_type))
+        v = *(PyObject **)((char *)link + scan_layout.it_rmap_list);
+    else if (PyObject_TypeCheck(link, scan_layout.slot_type))
+        v = *(PyObject **)((char *)link + scan_layout.sl_rmap_list);
+    else {
+        PyErr_SetString(PyExc_TypeError, "scan_ptes: a link that is neither slot nor item");
+        return NULL;
+    }
+    if (v == NULL)
+        PyErr_SetString(PyExc_AttributeError, "scan_ptes: unset rmap_list");
+    return v;
+}
+
+static long
+skip_age_c(long age)
+{
+    if (age <= 3)
+        return 1;
+    if (age <= 5)
+        return 2;
+    if (age <= 8)
+        return 4;
+    return 8;
+}
+
+/* should_skip_rmap_item() once its first test has passed: 1 skip, 0 not, -1 error. */
+static int
+scan_should_skip(PyObject *ksm, PyObject *item)
+{
+    int err = 0;
+    long age, skips, skipped, address;
+    PyObject *v, *r;
+    age = scan_long(item, scan_layout.it_age, &err);
+    if (err)
+        return -1;
+    if (age != scan_layout.u8_max && scan_set_long(item, scan_layout.it_age, age + 1) < 0)
+        return -1;
+    if (age < 3)
+        return 0;
+    skips = scan_long(item, scan_layout.it_skips, &err);
+    if (err)
+        return -1;
+    if (!skips) {
+        if (scan_set_long(item, scan_layout.it_skips, skip_age_c(age)) < 0)
+            return -1;
+        return 0;
+    }
+    v = PyObject_GetAttr(ksm, scan_layout.s_skipped);
+    if (v == NULL)
+        return -1;
+    skipped = PyLong_AsLong(v);
+    Py_DECREF(v);
+    if (skipped == -1 && PyErr_Occurred())
+        return -1;
+    v = PyLong_FromLong(skipped + 1);
+    if (v == NULL || PyObject_SetAttr(ksm, scan_layout.s_skipped, v) < 0) {
+        Py_XDECREF(v);
+        return -1;
+    }
+    Py_DECREF(v);
+    if (scan_set_long(item, scan_layout.it_skips, skips - 1) < 0)
+        return -1;
+    address = scan_long(item, scan_layout.it_address, &err);
+    if (err)
+        return -1;
+    if (address & scan_layout.tree_flags) {
+        /* remove_rmap_item_from_tree() does nothing to an item in no tree. */
+        r = PyObject_CallMethodOneArg(ksm, scan_layout.s_remove, item);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+    }
+    return 1;
+}
+
+PyDoc_STRVAR(scan_ptes_doc,
+"scan_ptes(ksm, mm_slot, table, idx, address, stop, smart, /)\n"
+"--\n"
+"\n"
+"The pte loop of Ksm._scan_mm over one pte table, as Ksm._scan_ptes.");
+
+static PyObject *
+speedups_scan_ptes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *ksm, *mm_slot, *table, *scan = NULL, *mem_map = NULL, *result = NULL;
+    PyObject *page, *link, *item, *addr_obj;
+    Py_buffer view;
+    Py_ssize_t idx, nframes;
+    unsigned long long address, stop, pte;
+    long visited = 0, flags, count, item_addr;
+    int smart, err = 0, have_view = 0, skip;
+    (void)module;
+    if (!scan_layout.ready) {
+        PyErr_SetString(PyExc_RuntimeError, "scan_ptes() before scan_setup()");
+        return NULL;
+    }
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "scan_ptes() takes exactly 7 arguments");
+        return NULL;
+    }
+    ksm = args[0];
+    mm_slot = args[1];
+    table = args[2];
+    idx = PyLong_AsSsize_t(args[3]);
+    address = PyLong_AsUnsignedLongLong(args[4]);
+    stop = PyLong_AsUnsignedLongLong(args[5]);
+    smart = PyObject_IsTrue(args[6]);
+    if (PyErr_Occurred() || smart < 0)
+        return NULL;
+    if (PyObject_GetBuffer(table, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    have_view = 1;
+    if (view.len % 8 != 0) {
+        PyErr_SetString(PyExc_TypeError, "scan_ptes: a pte table of 64-bit entries");
+        goto done;
+    }
+    scan = PyObject_GetAttr(ksm, scan_layout.s_ksm_scan);
+    mem_map = PyObject_GetAttr(ksm, scan_layout.s_mem_map);
+    if (scan == NULL || mem_map == NULL)
+        goto done;
+    if (!PyObject_TypeCheck(scan, scan_layout.scan_type) || !PyList_Check(mem_map)) {
+        PyErr_SetString(PyExc_TypeError, "scan_ptes: ksm_scan or _mem_map of the wrong type");
+        goto done;
+    }
+    nframes = PyList_GET_SIZE(mem_map);
+    while (address < stop) {
+        if (idx < 0 || idx >= view.len / 8) {
+            PyErr_SetString(PyExc_IndexError, "scan_ptes: pte index out of range");
+            goto done;
+        }
+        pte = ((const unsigned long long *)view.buf)[idx];
+        visited++;
+        if ((pte & scan_layout.present_mask) == scan_layout.present) {
+            Py_ssize_t pfn = (Py_ssize_t)(pte >> scan_layout.page_shift);
+            if (pfn >= nframes) {
+                PyErr_SetString(PyExc_IndexError, "scan_ptes: pfn out of range");
+                goto done;
+            }
+            page = PyList_GET_ITEM(mem_map, pfn);
+            if (page == Py_None || !PyObject_TypeCheck(page, scan_layout.page_type)) {
+                PyErr_SetString(PyExc_AssertionError, "scan_ptes: a pte maps no frame");
+                goto done;
+            }
+            flags = scan_long(page, scan_layout.pg_mapping_flags, &err);
+            if (err)
+                goto done;
+            if (flags & scan_layout.mapping_anon) {
+                Py_INCREF(page);
+                count = scan_long(page, scan_layout.pg_count, &err);
+                if (err || scan_set_long(page, scan_layout.pg_count, count + 1) < 0) {
+                    Py_DECREF(page);
+                    goto done;
+                }
+                /* get_next_rmap_item(), whose common case (the next item) is inline. */
+                link = *(PyObject **)((char *)scan + scan_layout.sc_rmap_list);
+                if (link == NULL) {
+                    PyErr_SetString(PyExc_AttributeError, "scan_ptes: unset ksm_scan.rmap_list");
+                    Py_DECREF(page);
+                    goto done;
+                }
+                Py_INCREF(link);
+                item = link_next(link);
+                if (item == NULL) {
+                    Py_DECREF(link);
+                    Py_DECREF(page);
+                    goto done;
+                }
+                item_addr = 0;
+                if (item != Py_None) {
+                    item_addr = scan_long(item, scan_layout.it_address, &err);
+                    if (err) {
+                        Py_DECREF(link);
+                        Py_DECREF(page);
+                        goto done;
+                    }
+                }
+                if (item == Py_None ||
+                    ((unsigned long long)item_addr & scan_layout.page_mask) != address) {
+                    addr_obj = PyLong_FromUnsignedLongLong(address);
+                    if (addr_obj == NULL) {
+                        Py_DECREF(link);
+                        Py_DECREF(page);
+                        goto done;
+                    }
+                    item = PyObject_CallMethodObjArgs(ksm, scan_layout.s_get_next, mm_slot,
+                                                      link, addr_obj, NULL);
+                    Py_DECREF(addr_obj);
+                    if (item == NULL) {
+                        Py_DECREF(link);
+                        Py_DECREF(page);
+                        goto done;
+                    }
+                } else {
+                    Py_INCREF(item);
+                }
+                Py_DECREF(link);
+                scan_set(scan, scan_layout.sc_rmap_list, item);
+                address += 1ULL << scan_layout.page_shift;
+                idx++;
+                skip = 0;
+                if (smart) {
+                    PyObject *on = PyObject_GetAttr(ksm, scan_layout.s_smart);
+                    int truth;
+                    if (on == NULL) {
+                        Py_DECREF(item);
+                        Py_DECREF(page);
+                        goto done;
+                    }
+                    truth = PyObject_IsTrue(on);
+                    Py_DECREF(on);
+                    if (truth < 0) {
+                        Py_DECREF(item);
+                        Py_DECREF(page);
+                        goto done;
+                    }
+                    if (truth) {
+                        flags = scan_long(page, scan_layout.pg_mapping_flags, &err);
+                        if (err) {
+                            Py_DECREF(item);
+                            Py_DECREF(page);
+                            goto done;
+                        }
+                        if (flags != scan_layout.mapping_flags) {
+                            skip = scan_should_skip(ksm, item);
+                            if (skip < 0) {
+                                Py_DECREF(item);
+                                Py_DECREF(page);
+                                goto done;
+                            }
+                        }
+                    }
+                }
+                if (skip) {
+                    count = scan_long(page, scan_layout.pg_count, &err);
+                    Py_DECREF(item);
+                    if (err || scan_set_long(page, scan_layout.pg_count, count - 1) < 0) {
+                        Py_DECREF(page);
+                        goto done;
+                    }
+                    Py_DECREF(page);
+                    continue;
+                }
+                result = Py_BuildValue("(KnlNN)", address, idx, visited, item, page);
+                goto done;
+            }
+        }
+        address += 1ULL << scan_layout.page_shift;
+        idx++;
+    }
+    result = Py_BuildValue("(KnlOO)", address, idx, visited, Py_None, Py_None);
+done:
+    if (have_view)
+        PyBuffer_Release(&view);
+    Py_XDECREF(scan);
+    Py_XDECREF(mem_map);
+    return result;
+}
+
+static PyMethodDef speedups_methods[] = {
+    {"jhash2", (PyCFunction)(void (*)(void))speedups_jhash2, METH_FASTCALL, jhash2_doc},
+    {"tree_setup", (PyCFunction)(void (*)(void))speedups_tree_setup, METH_FASTCALL,
+     tree_setup_doc},
+    {"unstable_skip", (PyCFunction)(void (*)(void))speedups_unstable_skip, METH_FASTCALL,
+     unstable_skip_doc},
+    {"stable_skip", (PyCFunction)(void (*)(void))speedups_stable_skip, METH_FASTCALL,
+     stable_skip_doc},
+    {"dup_skip", (PyCFunction)(void (*)(void))speedups_dup_skip, METH_FASTCALL, dup_skip_doc},
+    {"rb_setup", (PyCFunction)(void (*)(void))speedups_rb_setup, METH_FASTCALL, rb_setup_doc},
+    {"scan_setup", (PyCFunction)(void (*)(void))speedups_scan_setup, METH_FASTCALL,
+     scan_setup_doc},
+    {"scan_ptes", (PyCFunction)(void (*)(void))speedups_scan_ptes, METH_FASTCALL, scan_ptes_doc},
+    {"rb_insert_color", (PyCFunction)(void (*)(void))speedups_rb_insert_color, METH_FASTCALL,
+     rb_insert_color_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static int
+speedups_exec(PyObject *module)
+{
+    if (PyType_Ready(&PageText_Type) < 0 || PyType_Ready(&PageBase_Type) < 0)
+        return -1;
+    Py_INCREF(&PageBase_Type);
+    if (PyModule_AddObject(module, "PageBase", (PyObject *)&PageBase_Type) < 0) {
+        Py_DECREF(&PageBase_Type);
+        return -1;
+    }
+    Py_INCREF(&PageText_Type);
+    if (PyModule_AddObject(module, "PageText", (PyObject *)&PageText_Type) < 0) {
+        Py_DECREF(&PageText_Type);
+        return -1;
+    }
+    return 0;
+}
+
 static PyModuleDef_Slot speedups_slots[] = {
+    {Py_mod_exec, (void *)speedups_exec},
 #if PY_VERSION_HEX >= 0x030C0000
-    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
-#endif
-#if PY_VERSION_HEX >= 0x030D0000
-    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+    /* A static type and the tree layout are process-wide. */
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
 #endif
     {0, NULL},
 };

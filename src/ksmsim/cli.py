@@ -149,9 +149,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Run one scenario under several kernel designs and compare what they did."""
     import dataclasses
 
+    from ksmsim.kernel.profile import UnknownProfile, get_profile
     from ksmsim.report.experiment import plot, print_table, run_designs
     from ksmsim.workload.runner import RunError
 
+    for name in args.kernel:
+        try:
+            get_profile(name)
+        except UnknownProfile as exc:
+            raise UsageError(f"--kernel: {exc}") from None
     scenario = load_scenario(args.scenario)
     sets = _parse_sets(args.set)
     if sets:
@@ -180,6 +186,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """Explore the interleavings of a race's concurrent tasks, or replay a saved schedule."""
+    from ksmsim.sched.command import CheckError, check_command
+
+    try:
+        return check_command(args)
+    except CheckError as exc:
+        raise UsageError(f"check: {exc}") from None
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the built-in demonstration workload."""
     from ksmsim.demo import run_demo
@@ -194,6 +210,245 @@ def cmd_profiles(args: argparse.Namespace) -> int:
     for name, why in sorted(PLANNED_PROFILES.items()):
         print(f"{name:10} (planned: {why})")
     return EXIT_OK
+
+
+def _gen_rate(text: str) -> float | tuple[float, float]:
+    """Parse a write rate: ``R`` pages/s, or ``LO:HI`` (drawn per member)."""
+    lo, sep, hi = text.partition(":")
+    try:
+        return (float(lo), float(hi)) if sep else float(text)
+    except ValueError:
+        raise UsageError(
+            f"--writes-per-s {text!r}: expected R or LO:HI (pages per second)"
+        ) from None
+
+
+def cmd_gen(args: argparse.Namespace) -> int:
+    """Write a generated scenario (a VM fleet, a container fleet, a random mix)."""
+    from ksmsim.workload import generators as gen
+    from ksmsim.workload.scenario import parse_scenario
+
+    common = {
+        "seed": args.seed,
+        "kernel": args.kernel,
+    }
+    try:
+        if args.generator == "random-mix":
+            doc = gen.random_mix(args.seed, steps=args.steps, kernel=args.kernel)
+        elif args.generator == "vm-fleet":
+            doc = gen.vm_fleet(
+                args.guests,
+                args.guest_mib,
+                shared_fraction=args.shared,
+                zero_fraction=args.zero,
+                hot_fraction=args.hot,
+                writes_per_s=_gen_rate(args.writes_per_s),
+                images=args.images,
+                boot_stagger_s=args.boot_stagger,
+                run_s=args.run,
+                pages_to_scan=args.pages_to_scan,
+                sleep_millisecs=args.sleep_millisecs,
+                **common,
+            )
+        else:
+            doc = gen.container_fleet(
+                args.containers,
+                runtime_mib=args.runtime_mib,
+                images=args.images,
+                image_mib=args.image_mib,
+                private_mib=args.private_mib,
+                zero_fraction=args.zero,
+                hot_fraction=args.hot,
+                writes_per_s=_gen_rate(args.writes_per_s),
+                start_stagger_s=args.stagger,
+                run_s=args.run,
+                pages_to_scan=args.pages_to_scan,
+                sleep_millisecs=args.sleep_millisecs,
+                **common,
+            )
+    except ValueError as exc:
+        raise UsageError(f"gen {args.generator}: {exc}") from None
+    name = Path(args.output).stem if args.output and args.output != "-" else args.generator
+    parse_scenario(doc, name)  # what is written must be a valid scenario
+    fmt = args.format or ("json" if (args.output or "").endswith(".json") else "toml")
+    text = gen.dump_scenario(doc, fmt)
+    if args.output is None or args.output == "-":
+        sys.stdout.write(text)
+    else:
+        try:
+            Path(args.output).write_text(text)
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.output}: {exc.strerror}") from None
+    return EXIT_OK
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    """Fingerprint the anonymous memory of running processes into a snapshot file."""
+    import time
+
+    from ksmsim.report.prediction import format_bytes
+    from ksmsim.workload.snapshot import SnapshotError, save_snapshot, take_snapshot
+
+    if args.all == bool(args.pid):
+        raise UsageError("snapshot: give either --pid PID... or --all")
+    if args.interval is not None and not args.interval > 0:
+        raise UsageError(f"snapshot: --interval must be more than 0 s, not {args.interval}")
+    pids = None if args.all else args.pid
+    try:
+        passes = [take_snapshot(pids)]
+        if args.interval is not None:
+            time.sleep(args.interval)
+            passes.append(take_snapshot(pids))
+        save_snapshot(args.output, passes)
+    except SnapshotError as exc:
+        raise UsageError(f"snapshot: {exc}") from None
+    last = passes[-1]
+    s = last.summary()
+    print(
+        f"{args.output}: {s['processes']} processes, {s['pages']:,} anonymous pages "
+        f"({format_bytes(s['pages'] * 4096)}); {s['zero_pages']:,} zero-filled, "
+        f"{s['zero_page_mappings']:,} zero-page mappings, {s['mergeable_pages']:,} in areas "
+        f"madvised mergeable; {len(passes)} pass(es) in {sum(p.duration_s for p in passes):.2f} s"
+    )
+    denied = [x for x in last.skipped if x["reason"] == "permission denied"]
+    if denied:
+        print(
+            f"ksmsim: warning: skipped {len(denied)} processes whose memory this user may not "
+            "read (a snapshot needs root, CAP_SYS_PTRACE, or the same user with ptrace allowed)",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def _prediction_tunables(args: argparse.Namespace) -> dict[str, int]:
+    """Collect --pages-to-scan, --sleep-millisecs and --set NAME=VALUE into tunables."""
+    out = _parse_sets(getattr(args, "set", None))
+    if args.pages_to_scan is not None:
+        out["pages_to_scan"] = args.pages_to_scan
+    if args.sleep_millisecs is not None:
+        out["sleep_millisecs"] = args.sleep_millisecs
+    return out
+
+
+def _emit_prediction(args: argparse.Namespace, pred: Any) -> int:
+    """Print a prediction (table or JSON), write it (-o) and plot it (--plot)."""
+    from ksmsim.report.prediction import format_prediction
+
+    doc = pred.to_json()
+    if args.json:
+        _write_json(doc, None)
+    else:
+        sys.stdout.write(format_prediction(pred))
+    if args.output:
+        _write_json(doc, args.output)
+    if args.plot:
+        from ksmsim.report.plot import PlotUnavailable, plot_prediction
+
+        try:
+            plot_prediction(pred, args.plot)
+        except PlotUnavailable as exc:
+            raise UsageError(str(exc)) from None
+    return EXIT_OK
+
+
+def _predict_command(args: argparse.Namespace, *, snapshots_only: bool) -> int:
+    """Load the workload, run the prediction and print it."""
+    from ksmsim.workload.predict import PredictError, load_workload, predict
+    from ksmsim.workload.snapshot import is_snapshot_file
+
+    try:
+        first = Path(args.workload[0])
+        if snapshots_only and first.exists() and not is_snapshot_file(first):
+            raise PredictError(f"{first}: not a ksmsim snapshot (ksmsim predict takes scenarios)")
+        workload = load_workload(args.workload, only_mergeable=args.only_mergeable)
+        pred = predict(
+            workload,
+            tunables=_prediction_tunables(args),
+            kernel=args.kernel,
+            max_passes=args.max_passes,
+            max_seconds=args.max_seconds,
+        )
+    except PredictError as exc:
+        raise UsageError(str(exc)) from None
+    return _emit_prediction(args, pred)
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    """Predict what KSM would do to the processes of a snapshot."""
+    return _predict_command(args, snapshots_only=True)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Predict what KSM would do on a workload (a scenario or a snapshot)."""
+    return _predict_command(args, snapshots_only=False)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Predict a workload over a grid of tunables and recommend a setting."""
+    from ksmsim.report.sweep import format_sweep
+    from ksmsim.workload.predict import PredictError, load_workload
+    from ksmsim.workload.sweep import SweepError, grid, parse_budget, parse_set, run_sweep
+
+    try:
+        sets = [parse_set(s) for s in args.set]
+        settings = grid(sets)
+        budget = parse_budget(args.cpu_budget) if args.cpu_budget is not None else None
+        workload = load_workload(args.workload, only_mergeable=args.only_mergeable)
+        result = run_sweep(
+            workload,
+            settings,
+            jobs=args.jobs,
+            scheduler=args.scheduler,
+            kernel=args.kernel,
+            cpu_budget=budget,
+            max_passes=args.max_passes,
+            max_seconds=args.max_seconds,
+        )
+    except (SweepError, PredictError) as exc:
+        raise UsageError(f"sweep: {exc}") from None
+    doc = result.to_json()
+    if args.json:
+        _write_json(doc, None)
+    else:
+        sys.stdout.write(format_sweep(result))
+    if args.output:
+        _write_json(doc, args.output)
+    if args.plot:
+        from ksmsim.report.plot import PlotUnavailable, plot_sweep
+
+        try:
+            plot_sweep(result, args.plot)
+        except PlotUnavailable as exc:
+            raise UsageError(str(exc)) from None
+    failed = [p for p in result.points if p.prediction is None]
+    if failed:
+        raise UsageError(f"sweep: {len(failed)} settings failed; first: {failed[0].error}")
+    return EXIT_OK
+
+
+def _add_prediction_options(p: argparse.ArgumentParser) -> None:
+    """Add the options shared by estimate, predict and sweep."""
+    p.add_argument("--kernel", help="model profile (default: the scenario's, or v6.18)")
+    p.add_argument(
+        "--only-mergeable",
+        action="store_true",
+        help="snapshots: only areas already madvised mergeable (VmFlags mg), not whole processes",
+    )
+    p.add_argument(
+        "--max-passes",
+        type=int,
+        default=40,
+        help="give up settling after this many full scans (default 40)",
+    )
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=7 * 86400.0,
+        help="give up settling after this much simulated time (default a week)",
+    )
+    p.add_argument("-o", "--output", help="also write the JSON here")
+    p.add_argument("--plot", metavar="PNG", help="plot it here (needs matplotlib)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -260,8 +515,118 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--plot", metavar="PNG", help="plot memory over time and the delays here")
     cmp.set_defaults(func=cmd_compare)
 
+    chk = sub.add_parser(
+        "check", help="explore the interleavings of a race's concurrent tasks for bugs"
+    )
+    chk.add_argument("race", help="the race file (a scenario with [[tasks]])")
+    chk.add_argument("--kernel", help="run on this profile instead of the race's")
+    chk.add_argument(
+        "--mode", choices=("exhaustive", "random", "pct"), default="exhaustive", help="search"
+    )
+    chk.add_argument("--schedules", type=int, help="stop after this many schedules")
+    chk.add_argument("--seconds", type=float, help="stop after this long (default 60 s)")
+    chk.add_argument("--seed", type=int, default=0, help="seed of random and pct (default 0)")
+    chk.add_argument(
+        "--preemptions", type=int, default=2, help="exhaustive: preemption bound (default 2)"
+    )
+    chk.add_argument("--depth", type=int, default=3, help="pct: bug depth (default 3)")
+    chk.add_argument(
+        "--mutation", action="append", metavar="NAME", help="switch on a deliberate bug"
+    )
+    chk.add_argument("--save", metavar="FILE", help="where to save a bug's schedule")
+    chk.add_argument("--replay", metavar="FILE", help="replay a saved schedule instead")
+    chk.add_argument("--no-shrink", action="store_true", help="keep the schedule as found")
+    chk.add_argument("--json", action="store_true", help="print the report as JSON")
+    chk.set_defaults(func=cmd_check)
+
     profiles = sub.add_parser("profiles", help="list the kernel profiles the model has")
     profiles.set_defaults(func=cmd_profiles)
+
+    gen = sub.add_parser("gen", help="write a generated scenario (fleets, random mixes)")
+    gsub = gen.add_subparsers(dest="generator", metavar="GENERATOR", parser_class=_Parser)
+    gsub.required = True
+    vm = gsub.add_parser("vm-fleet", help="N guests booted from one image")
+    vm.add_argument("--guests", type=int, required=True, help="number of guests")
+    vm.add_argument("--guest-mib", type=float, required=True, help="memory per guest (MiB)")
+    vm.add_argument("--shared", type=float, default=0.4, help="fraction identical across guests")
+    vm.add_argument("--zero", type=float, default=0.15, help="fraction of zero-filled pages")
+    vm.add_argument("--hot", type=float, default=0.05, help="fraction of private memory rewritten")
+    vm.add_argument("--images", type=int, default=1, help="distinct images (default 1)")
+    vm.add_argument("--boot-stagger", type=float, default=0.0, help="seconds between boots")
+    ct = gsub.add_parser("container-fleet", help="containers sharing runtime and library pages")
+    ct.add_argument("--containers", type=int, required=True, help="number of containers")
+    ct.add_argument("--runtime-mib", type=float, default=16.0, help="runtime shared by all (MiB)")
+    ct.add_argument("--images", type=int, default=4, help="distinct application images")
+    ct.add_argument("--image-mib", type=float, default=32.0, help="libraries per image (MiB)")
+    ct.add_argument("--private-mib", type=float, default=64.0, help="private memory each (MiB)")
+    ct.add_argument("--zero", type=float, default=0.1, help="fraction of private memory zeroed")
+    ct.add_argument("--hot", type=float, default=0.1, help="fraction of private memory rewritten")
+    ct.add_argument("--stagger", type=float, default=0.0, help="seconds between starts")
+    for g in (vm, ct):
+        g.add_argument(
+            "--writes-per-s",
+            default="50" if g is vm else "20",
+            help="pages/s rewritten in each member's hot memory: R, or LO:HI drawn per member",
+        )
+        g.add_argument(
+            "--run", type=float, default=120.0, help="seconds ksmd runs after the last start"
+        )
+        g.add_argument(
+            "--pages-to-scan", type=int, default=100, help="tunable pages_to_scan (default 100)"
+        )
+        g.add_argument(
+            "--sleep-millisecs", type=int, default=20, help="tunable sleep_millisecs (default 20)"
+        )
+    mix = gsub.add_parser("random-mix", help="a seeded random mix of every action")
+    mix.add_argument("--steps", type=int, default=30, help="actions to draw (default 30)")
+    for g in (vm, ct, mix):
+        g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        g.add_argument("--kernel", help="the scenario's kernel profile")
+        g.add_argument("-o", "--output", help="write here (.toml or .json) instead of stdout")
+        g.add_argument("--format", choices=("toml", "json"), help="default: from -o, else toml")
+        g.set_defaults(func=cmd_gen)
+
+    snap = sub.add_parser(
+        "snapshot", help="fingerprint running processes' anonymous memory (read-only)"
+    )
+    snap.add_argument("--pid", type=int, nargs="+", metavar="PID", help="processes to record")
+    snap.add_argument("--all", action="store_true", help="every process this user may read")
+    snap.add_argument(
+        "--interval", type=float, metavar="S", help="take a second pass S seconds later"
+    )
+    snap.add_argument("-o", "--output", required=True, help="the snapshot file to write")
+    snap.set_defaults(func=cmd_snapshot)
+
+    for name, func, what in (
+        ("estimate", cmd_estimate, "predict what KSM would do to a snapshot's processes"),
+        ("predict", cmd_predict, "predict what KSM would do on a scenario (or a snapshot)"),
+    ):
+        est = sub.add_parser(name, help=what)
+        est.add_argument(
+            "workload", nargs="+", metavar="FILE", help="a scenario, or snapshot file(s)"
+        )
+        est.add_argument("--pages-to-scan", type=int, help="tunable pages_to_scan")
+        est.add_argument("--sleep-millisecs", type=int, help="tunable sleep_millisecs")
+        est.add_argument("--set", action="append", metavar="NAME=VALUE", help="another tunable")
+        _add_prediction_options(est)
+        est.set_defaults(func=func)
+
+    sw = sub.add_parser("sweep", help="predict a workload over a grid of tunables")
+    sw.add_argument("workload", nargs="+", metavar="FILE", help="a scenario, or snapshot file(s)")
+    sw.add_argument(
+        "--set",
+        action="append",
+        required=True,
+        metavar="NAME=V1,V2",
+        help="values of a tunable to sweep (repeat for a grid)",
+    )
+    sw.add_argument("--jobs", type=int, help="local worker processes (default: one per CPU)")
+    sw.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="run on this Dask cluster")
+    sw.add_argument(
+        "--cpu-budget", metavar="PCT", help="recommend within this ksmd CPU share, e.g. 5%%"
+    )
+    _add_prediction_options(sw)
+    sw.set_defaults(func=cmd_sweep)
     return parser
 
 

@@ -296,7 +296,7 @@ def test_unmapped_range_is_enomem() -> None:
     assert _layout(mm) == [(a, MMAP_BASE, D)]
 
 
-# --- known bugs -----------------------------------------------------------------------------
+# --- regressions: bugs these tests found (fixed in src) -------------------------------
 def test_unknown_advice_changes_nothing() -> None:
     _, mm, a = _setup(npages=3)
     with pytest.raises(MmapError) as ei:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from ksmsim.kernel.invariants import InvariantError, check_all
+from ksmsim.kernel.invariants import check_all
 from ksmsim.kernel.ksm import StableNode
 from ksmsim.kernel.machine import Machine
 from ksmsim.kernel.mm import is_swap_pte, pte_pfn, pte_present, swp_entry_to_pte

@@ -83,17 +83,22 @@ class MemoryModel(RuleBasedStateMachine):
     def _pick_addr(self, data: st.DataObject, pid: int) -> int:
         """A page address near the process's mappings: usually mapped, sometimes a hole.
 
-        The anchor is a mapped page, or the first or last page of an area, so that ranges
-        often start or end at area boundaries (where splits and merges happen).
+        The anchor is a mapped page, a page backed by a frame (so that writes after a fork
+        meet copy-on-write), or the first or last page of an area, so that ranges often start
+        or end at area boundaries (where splits and merges happen).
         """
+        mm = self.procs[pid]
         pages = sorted(self.shadow[pid])
         if not pages:
-            return self.procs[pid].mmap_base - P
-        how = data.draw(st.integers(0, 3), label="anchor kind")
-        if how == 0:
+            return mm.mmap_base - P
+        how = data.draw(st.integers(0, 4), label="anchor kind")
+        resident = [a for a in pages if mm.pte_get(a) & (_PAGE_PRESENT | _PAGE_SPECIAL) == 1]
+        if how == 4 and resident:
+            anchor = data.draw(st.sampled_from(resident), label="anchor")
+        elif how in (0, 4):
             anchor = data.draw(st.sampled_from(pages), label="anchor")
         else:
-            vma = data.draw(st.sampled_from(self.procs[pid].mmap), label="area")
+            vma = data.draw(st.sampled_from(mm.mmap), label="area")
             anchor = vma.vm_start if how != 3 else vma.vm_end - P
         stray = data.draw(st.integers(0, 7), label="stray")
         shift = (0, 0, 0, 0, 1, -1, 2, -2)[stray] if stray >= 4 else 0

@@ -352,5 +352,3 @@ def test_fixed_sequence_swaps_out_in_and_migrates(kernel: str) -> None:
     m.exit(0)
     check()
     assert not machine.oom_events
-
-

@@ -382,7 +382,7 @@ def test_unique_fill_in_a_forked_child_uses_the_childs_name() -> None:
         kid = peek_user_page(host.proc("kid").mm, base + i * PAGE)
         parent = peek_user_page(host.proc("parent").mm, base + i * PAGE)
         assert kid == page_bytes("unique", i, proc="kid", region="heap", salt="s")
-        assert kid is not None and kid.startswith(f"U|s|kid|heap|{i}|".encode())
+        assert kid is not None and bytes(kid).startswith(f"U|s|kid|heap|{i}|".encode())
         assert parent == page_bytes("unique", i, proc="parent", region="heap")
         assert kid != parent
 

@@ -42,7 +42,7 @@ def check_swap(machine: Machine) -> None:
     swap = machine.swap
     refs: Counter[int] = Counter()
     for mm in machine.tasks.values():
-        for address, pte in mm.all_ptes():
+        for _address, pte in mm.all_ptes():
             if is_swap_pte(pte):
                 refs[pte_pfn(pte)] += 1
     if swap is None:

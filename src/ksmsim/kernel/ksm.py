@@ -13,6 +13,7 @@ The kernel's globals (ksm_run, the counters, the mm list, the cursor) are the at
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Final
 
@@ -20,6 +21,14 @@ import xxhash
 
 from ksmsim.kernel.jhash import calc_checksum_jhash2
 from ksmsim.kernel.ksm_advisor import KsmAdvisor
+from ksmsim.kernel.ksm_shortcuts import (
+    Shortcuts,
+    default_shortcuts,
+    dup_skip_function,
+    insert_color_function,
+    scan_ptes_function,
+    skip_functions,
+)
 from ksmsim.kernel.memory import (
     VM_FAULT_OOM,
     VM_FAULT_SIGBUS,
@@ -85,7 +94,6 @@ from ksmsim.kernel.rbtree import (
     RbNode,
     RbRoot,
     rb_erase,
-    rb_insert_color,
     rb_iter,
     rb_link_node,
     rb_replace_node,
@@ -233,7 +241,9 @@ class RmapItem(RbNode):
     ``address`` carries the kernel's flag bits: the seqnr byte, UNSTABLE_FLAG, STABLE_FLAG.
     ``rmap_list`` is the next item of the mm's address-sorted list. While in the unstable tree
     the item is itself the red-black node; while stable, ``head`` is its stable node. ``age``
-    and ``remaining_skips`` are smart scan's (6.7+).
+    and ``remaining_skips`` are smart scan's (6.7+). ``tree_page`` is not the kernel's: the
+    page the item was inserted into the unstable tree with, for the ``unstable_skip`` shortcut
+    (ksm_shortcuts.py); None when that shortcut is off or the item is in no tree.
     """
 
     __slots__ = (
@@ -247,6 +257,7 @@ class RmapItem(RbNode):
         "oldchecksum",
         "remaining_skips",
         "rmap_list",
+        "tree_page",
     )
 
     def __init__(self, mm: MmStruct, address: int) -> None:
@@ -263,6 +274,7 @@ class RmapItem(RbNode):
         self.hprev: RmapItem | None = None
         self.age = 0
         self.remaining_skips = 0
+        self.tree_page: Page | None = None
 
     def __repr__(self) -> str:
         flags = ("S" if self.address & STABLE_FLAG else "") + (
@@ -385,6 +397,29 @@ class Ksm:
         # ksm_init(): the checksum of an empty page, for use_zero_pages.
         self.zero_checksum = self._calc(machine.zone.zero_page.data or b"")
         self.advisor = KsmAdvisor(self)
+        self.mutations: frozenset[str] = frozenset()
+        """Deliberate bugs the interleaving explorer may switch on (``ksmsim check --mutation``);
+        empty in every ordinary run."""
+        self._checksum_first = profile.checksum_before_stable_tree
+        self.set_shortcuts(default_shortcuts())
+
+    def set_shortcuts(self, shortcuts: Shortcuts) -> None:
+        """Choose the exact shortcuts this KSM may take (ksm_shortcuts.py)."""
+        self.shortcuts = shortcuts
+        self._stable_skip, self._unstable_skip = skip_functions(shortcuts)
+        self._rb_insert_color = insert_color_function(shortcuts)
+        self._dup_skip = dup_skip_function(shortcuts)
+        self._scan_ptes_fn = scan_ptes_function(shortcuts) or Ksm._scan_ptes
+        # The zone's map_generation when the unstable tree was last emptied (-1: never).
+        self._unstable_generation = -1
+        # The VMA loop that found the page scan_get_next_rmap_item() returned last, for the
+        # scan_cursor shortcut of ksm_do_scan().
+        self._scan_cursor: Iterator[tuple[RmapItem, Page]] | None = None
+
+    def _shortcuts_allowed(self) -> bool:
+        """Tell whether shortcuts may run now: not under the interleaving explorer, which
+        needs every step, nor with a deliberate bug switched on."""
+        return self.machine.preempt is None and not self.mutations
 
     # -- counters --------------------------------------------------------------------------------
     @property
@@ -602,7 +637,10 @@ class Ksm:
         if page.mapping is stable_node and page.mapping_flags == PAGE_MAPPING_FLAGS:
             self._preempt("get_ksm_page:before_get_page_unless_zero")
             if get_page_unless_zero(page):
-                if page.mapping is stable_node and page.mapping_flags == PAGE_MAPPING_FLAGS:
+                # The keyhole's re-check; the explorer's no-keyhole-recheck mutation skips it.
+                if (
+                    page.mapping is stable_node and page.mapping_flags == PAGE_MAPPING_FLAGS
+                ) or "no-keyhole-recheck" in self.mutations:
                     if lock == NOLOCK:
                         return page
                     if lock == TRYLOCK:
@@ -615,6 +653,13 @@ class Ksm:
                         return page
                     unlock_page(page)
                 self.machine.zone.put_page(page)
+        if (
+            stable_node.page is not page
+            and self.profile.migrate_ksm_pages_compaction
+            and "no-kpfn-recheck" not in self.mutations
+        ):
+            # ksm_get_folio(): migration moved the page meanwhile (node->kpfn changed): again.
+            return self.get_ksm_page(stable_node, lock)
         self.remove_node_from_stable_tree(stable_node)
         return None
 
@@ -666,6 +711,7 @@ class Ksm:
                 rb_erase(rmap_item, self.root_unstable_tree)
             self.ksm_pages_unshared -= 1
             rmap_item.address = address & PAGE_MASK
+            rmap_item.tree_page = None
 
     def _remove_pinned_rmap_item(self, rmap_item: RmapItem) -> None:
         """The pinned design's removal of a stable item (db114b83): the node goes, and its page
@@ -686,6 +732,7 @@ class Ksm:
             rb_erase(stable_node, self.root_stable_tree)
             stable_node.page = None
             self.ksm_pages_shared -= 1
+            self.machine.note_ksm_page_released(page)
             self.machine.zone.put_page(page)  # the pin
         self.drop_anon_vma(rmap_item)
         rmap_item.head = None
@@ -780,8 +827,29 @@ class Ksm:
         found: StableNode | None = None
         found_len = 0
         tree_page: Page | None = None
+        skip = self._dup_skip if self._shortcuts_allowed() else None
         dup = chain.dups
         while dup is not None:
+            if skip is not None:
+                # Shortcut dup_skip: pass over the dups whose get_ksm_page() succeeds, choosing
+                # as below; then hold a reference on the chosen dup's page alone, as below.
+                chosen = found
+                dup, found, found_len, broke = skip(
+                    dup,
+                    found,
+                    found_len,
+                    self.ksm_max_page_sharing,
+                    prune,
+                    self.profile.stable_node_pins_page,
+                )
+                if found is not chosen:
+                    assert found is not None and found.page is not None
+                    if tree_page is not None:
+                        zone.put_page(tree_page)
+                    tree_page = found.page
+                    get_page(tree_page)
+                if broke or dup is None:
+                    break
             nxt = dup.dup_next
             page = self._get_ksm_page(dup)
             if page is not None:
@@ -847,10 +915,20 @@ class Ksm:
         zone = self.machine.zone
         root = self.root_stable_tree
         chains = self.profile.stable_node_chains
+        skip = self._stable_skip if self._shortcuts_allowed() else None
+        pinned = self.profile.stable_node_pins_page
         while True:
             node = root.rb_node
             restart = False
             while node is not None:
+                if skip is not None:
+                    # Shortcut stable_skip: pass over the regular nodes whose get_ksm_page()
+                    # succeeds and whose contents differ, counting their memcmps; for them
+                    # the step below is exactly get, memcmp, put, descend.
+                    node, _, _, skipped = skip(node, data, pinned)
+                    work.memcmps += skipped
+                    if node is None:
+                        break
                 assert isinstance(node, StableNode)
                 if chains:
                     tree_page, dup, tree_node = self.__stable_node_chain(node, prune=True)
@@ -897,6 +975,8 @@ class Ksm:
         assert data is not None
         zone = self.machine.zone
         chains = self.profile.stable_node_chains
+        skip = self._stable_skip if self._shortcuts_allowed() else None
+        pinned = self.profile.stable_node_pins_page
         while True:
             parent: StableNode | None = None
             left = False
@@ -904,6 +984,14 @@ class Ksm:
             restart = False
             node = root.rb_node
             while node is not None:
+                if skip is not None:
+                    # Shortcut stable_skip, as in stable_tree_search().
+                    node, skipped_parent, skipped_left, skipped = skip(node, data, pinned)
+                    if skipped:
+                        self.work.memcmps += skipped
+                        parent, left = skipped_parent, skipped_left
+                    if node is None:
+                        break
                 assert isinstance(node, StableNode)
                 if chains:
                     tree_page, _dup, tree_node = self.__stable_node_chain(node, prune=False)
@@ -933,7 +1021,7 @@ class Ksm:
         stable_node = StableNode(kpage)
         if not need_chain:
             rb_link_node(stable_node, parent, left, root)
-            rb_insert_color(stable_node, root)
+            self._rb_insert_color(stable_node, root)
         else:
             assert parent is not None
             chain = parent
@@ -1018,17 +1106,17 @@ class Ksm:
         if pte_write(pte) or (six and pte_dirty(pte)):
             swapped = 1 if page.flags & PG_swapcache else 0
             # Clear the pte first so no get_user_pages_fast can take a reference meanwhile.
-            mm.set_pte_at(addr, 0)
+            mm.set_pte_at_by_ksmd(addr, 0)
             self._preempt("write_protect_page:pte_cleared")
             if page.mapcount + 1 + swapped != page.count:
-                mm.set_pte_at(addr, pte)
+                mm.set_pte_at_by_ksmd(addr, pte)
                 return 0
             if six:
                 if pte_dirty(pte):
                     page.flags |= PG_dirty
                 pte = pte_mkclean(pte)
             pte = pte_wrprotect(pte)
-            mm.set_pte_at(addr, pte)
+            mm.set_pte_at_by_ksmd(addr, pte)
         return pte
 
     def replace_page(self, vma: VmArea, page: Page, kpage: Page, orig_pte: int) -> int:
@@ -1045,7 +1133,9 @@ class Ksm:
         if mm.pte_get(addr) != orig_pte:
             return -EFAULT
         if kpage is machine.zone.zero_page:
-            mm.set_pte_at(addr, (kpage.pfn << PAGE_SHIFT) | _KSM_ZERO_PTE_BITS | _PAGE_ACCESSED)
+            mm.set_pte_at_by_ksmd(
+                addr, (kpage.pfn << PAGE_SHIFT) | _KSM_ZERO_PTE_BITS | _PAGE_ACCESSED
+            )
             self.ksm_zero_pages += 1
             mm.ksm_zero_pages += 1
             mm.anon_rss -= 1
@@ -1053,7 +1143,7 @@ class Ksm:
             get_page(kpage)
             page_add_anon_rmap(kpage, vma, addr)
             # mk_pte(kpage, vma->vm_page_prot): a private mapping's protection is read-only.
-            mm.set_pte_at(addr, (kpage.pfn << PAGE_SHIFT) | _PAGE_PRESENT | _PAGE_ACCESSED)
+            mm.set_pte_at_by_ksmd(addr, (kpage.pfn << PAGE_SHIFT) | _PAGE_PRESENT | _PAGE_ACCESSED)
         page_remove_rmap(page, machine)
         machine.zone.put_page(page)
         self.work.merges += 1
@@ -1188,7 +1278,22 @@ class Ksm:
         parent: RbNode | None = None
         left = False
         node = root.rb_node
+        skip = self._unstable_skip
+        if skip is not None and (
+            zone.map_generation != self._unstable_generation or not self._shortcuts_allowed()
+        ):
+            skip = None
         while node is not None:
+            if skip is not None:
+                # Shortcut unstable_skip: nothing has changed what any pte maps since the tree
+                # was emptied, so get_mergeable_page() of each node returns the page it was
+                # inserted with; pass over those whose live contents differ, counting memcmps.
+                node, skipped_parent, skipped_left, skipped = skip(node, data)
+                if skipped:
+                    work.memcmps += skipped
+                    parent, left = skipped_parent, skipped_left
+                if node is None:
+                    break
             assert isinstance(node, RmapItem)
             tree_page = self.get_mergeable_page(node)
             if tree_page is None:
@@ -1206,8 +1311,10 @@ class Ksm:
             left = data < tree_data
             node = node.rb_left if left else node.rb_right
         rmap_item.address |= UNSTABLE_FLAG | (self.ksm_scan.seqnr & SEQNR_MASK)
+        if self._unstable_skip is not None:
+            rmap_item.tree_page = page
         rb_link_node(rmap_item, parent, left, root)
-        rb_insert_color(rmap_item, root)
+        self._rb_insert_color(rmap_item, root)
         self.ksm_pages_unshared += 1
         return None
 
@@ -1221,26 +1328,33 @@ class Ksm:
         """
         machine = self.machine
         zone = machine.zone
-        if self.profile.checksum_before_stable_tree:
-            stable_node = page_stable_node(page)
+        if self._checksum_first:
+            # page_stable_node(), calc_checksum()'s cache and the tests that make
+            # remove_rmap_item_from_tree() and try_to_merge_with_zero_page() do nothing are
+            # inline: this runs for every page scanned.
+            stable_node = page.mapping if page.mapping_flags == PAGE_MAPPING_FLAGS else None
             if stable_node is not None:
                 if rmap_item.head is stable_node:
                     return
             else:
-                self.remove_rmap_item_from_tree(rmap_item)
+                if rmap_item.address & (STABLE_FLAG | UNSTABLE_FLAG):
+                    self.remove_rmap_item_from_tree(rmap_item)
                 # A page whose checksum changed since the last visit is changing too often to
                 # be worth searching for.
-                checksum = self.calc_checksum(page)
+                checksum = page.csum if page.csum_of is page.data else self.calc_checksum(page)
                 if rmap_item.oldchecksum != checksum:
                     rmap_item.oldchecksum = checksum
                     return
-                if not self.try_to_merge_with_zero_page(rmap_item, page):
+                if self.ksm_use_zero_pages and not self.try_to_merge_with_zero_page(
+                    rmap_item, page
+                ):
                     return
             found = self.stable_tree_search(page)
             if found is page and rmap_item.head is stable_node:
                 zone.put_page(page)
                 return
-            self.remove_rmap_item_from_tree(rmap_item)
+            if rmap_item.address & (STABLE_FLAG | UNSTABLE_FLAG):
+                self.remove_rmap_item_from_tree(rmap_item)
         else:
             self.remove_rmap_item_from_tree(rmap_item)
             found = self.stable_tree_search(page)
@@ -1344,25 +1458,29 @@ class Ksm:
             mm.flags &= ~MMF_VM_MERGE_ANY
         mm.mm_count -= 1
 
-    def _scan_mm(self, mm: MmStruct, mm_slot: MmSlot) -> tuple[RmapItem, Page] | None:
-        """Continue the cursor through the mm's mergeable areas to the next anonymous page.
+    def _scan_mm(self, mm: MmStruct, mm_slot: MmSlot) -> Iterator[tuple[RmapItem, Page]]:
+        """Continue the cursor through the mm's mergeable areas to the next anonymous page,
+        and yield it with its item; the generator ends at the end of the mm.
 
         This is the VMA loop of scan_get_next_rmap_item(), with follow_page() walked a pte
         table at a time: an absent table is skipped whole, as follow_page() would find nothing
-        at any of its addresses.
+        at any of its addresses. scan_get_next_rmap_item() takes the first page; resumed, the
+        generator takes exactly the steps a fresh call from the cursor would, provided nothing
+        it holds (the mm's areas, their flags, its users) has changed meanwhile (the
+        ``scan_cursor`` shortcut of ksm_do_scan()).
         """
         if mm.mm_users == 0:
-            return None
+            return
         scan = self.ksm_scan
         address = scan.address
         vma = mm.find_vma(address)
         if vma is None:
-            return None
-        mem_map = self._mem_map
+            return
         pgd = mm.pgd
         vmas = mm.mmap
         nvmas = len(vmas)
         smart = self.profile.smart_scan
+        scan_ptes = self._scan_ptes_fn
         visited = 0
         i = mm.vma_index(vma)
         while i < nvmas:
@@ -1388,32 +1506,60 @@ class Ksm:
                     continue
                 idx = vpn & (PTRS_PER_PTE - 1)
                 while address < stop:
-                    pte = table[idx]
-                    visited += 1
-                    if pte & _ANON_PRESENT_MASK == _PAGE_PRESENT:
-                        page = mem_map[pte >> PAGE_SHIFT]
-                        assert page is not None
-                        if page.mapping_flags & PAGE_MAPPING_ANON:
-                            page.count += 1
-                            # get_next_rmap_item(), whose common case (the next item) is inline.
-                            link = scan.rmap_list
-                            rmap_item = link.rmap_list
-                            if rmap_item is None or rmap_item.address & PAGE_MASK != address:
-                                rmap_item = self.get_next_rmap_item(mm_slot, link, address)
-                            scan.rmap_list = rmap_item
-                            address += PAGE_SIZE
-                            if smart and self.should_skip_rmap_item(page, rmap_item):
-                                page.count -= 1
-                                idx += 1
-                                continue
-                            scan.address = address
-                            self.work.addresses += visited
-                            return rmap_item, page
-                    address += PAGE_SIZE
-                    idx += 1
+                    address, idx, seen, rmap_item, page = scan_ptes(
+                        self, mm_slot, table, idx, address, stop, smart
+                    )
+                    visited += seen
+                    if page is None:
+                        break
+                    assert rmap_item is not None
+                    scan.address = address
+                    self.work.addresses += visited
+                    yield rmap_item, page
+                    visited = 0
         scan.address = address
         self.work.addresses += visited
-        return None
+
+    def _scan_ptes(
+        self, mm_slot: MmSlot, table: array[int], idx: int, address: int, stop: int, smart: bool
+    ) -> tuple[int, int, int, RmapItem | None, Page | None]:
+        """Walk the ptes of one table from ``address`` (entry ``idx``) to ``stop`` for the next
+        anonymous page that smart scan does not skip; return (address and idx past it, entries
+        visited, its item, the page with a reference), or (stop, idx, visited, None, None).
+
+        The pte loop of _scan_mm(); ksm_shortcuts.py has its C twin (``c_helpers``).
+        """
+        scan = self.ksm_scan
+        mem_map = self._mem_map
+        visited = 0
+        while address < stop:
+            pte = table[idx]
+            visited += 1
+            if pte & _ANON_PRESENT_MASK == _PAGE_PRESENT:
+                page = mem_map[pte >> PAGE_SHIFT]
+                assert page is not None
+                if page.mapping_flags & PAGE_MAPPING_ANON:
+                    page.count += 1
+                    # get_next_rmap_item(), whose common case (the next item) is inline.
+                    link = scan.rmap_list
+                    rmap_item = link.rmap_list
+                    if rmap_item is None or rmap_item.address & PAGE_MASK != address:
+                        rmap_item = self.get_next_rmap_item(mm_slot, link, address)
+                    scan.rmap_list = rmap_item
+                    address += PAGE_SIZE
+                    idx += 1
+                    if (
+                        smart
+                        and self.ksm_smart_scan
+                        and page.mapping_flags != PAGE_MAPPING_FLAGS
+                        and self.should_skip_rmap_item(page, rmap_item)
+                    ):
+                        page.count -= 1
+                        continue
+                    return address, idx, visited, rmap_item, page
+            address += PAGE_SIZE
+            idx += 1
+        return address, idx, visited, None, None
 
     def scan_get_next_rmap_item(self) -> tuple[RmapItem, Page] | None:
         """Advance ksmd's cursor to the next anonymous page of a mergeable area and return its
@@ -1432,18 +1578,27 @@ class Ksm:
                 # write_protect_page() merging them: drain them first.
                 self.machine.lru_add_drain_all()
             self.root_unstable_tree.rb_node = None
+            self._unstable_generation = self.machine.zone.map_generation
+            if self.machine.preempt is not None:
+                self.machine.preempt("scan_get_next_rmap_item:ksm_mmlist_lock")
             slot = head.mm_next
             scan.mm_slot = slot
+            if slot is head and self.profile.scan_rechecks_empty_list:
+                # A racing __ksm_exit of the last mm may have emptied the list since the test.
+                return None
             scan.address = 0
             scan.rmap_list = slot
         machine = self.machine
         while True:
             mm = slot.mm
-            assert mm is not None
+            assert mm is not None, "NULL pointer dereference: slot->mm of ksm_mm_head"
             if machine.preempt is not None:
                 machine.preempt("scan_get_next_rmap_item:mmap_sem")
-            found = self._scan_mm(mm, slot)
+            pages = self._scan_mm(mm, slot)
+            found = next(pages, None)
             if found is not None:
+                if self.shortcuts.scan_cursor:
+                    self._scan_cursor = pages
                 return found
             if mm.mm_users == 0:
                 scan.address = 0
@@ -1476,19 +1631,35 @@ class Ksm:
         scan_get_next_rmap_item = self.scan_get_next_rmap_item
         cmp_and_merge_page = self.cmp_and_merge_page
         skip_here = not self.profile.checksum_before_stable_tree
+        use_cursor = self.shortcuts.scan_cursor and self._shortcuts_allowed()
+        cursor: Iterator[tuple[RmapItem, Page]] | None = None
+        generation = 0
         for _ in range(scan_npages):
             if machine.preempt is not None:
                 machine.preempt("ksm_do_scan:cond_resched")
-            found = scan_get_next_rmap_item()
+            found = None
+            if cursor is not None and zone.map_generation == generation:
+                # Shortcut scan_cursor: resume the VMA loop that found the last page. No area,
+                # area flag or mm user has changed since (that moves map_generation), so it
+                # takes the steps a fresh scan_get_next_rmap_item() would take from the cursor.
+                found = next(cursor, None)
             if found is None:
-                return
+                cursor = None
+                found = scan_get_next_rmap_item()
+                if found is None:
+                    return
+                if use_cursor:
+                    cursor, self._scan_cursor = self._scan_cursor, None
+                    generation = zone.map_generation
             rmap_item, page = found
             work.scanned += 1
-            if (
-                not skip_here
-                or page.mapping_flags != PAGE_MAPPING_FLAGS
-                or not rmap_item.address & STABLE_FLAG
-            ):
+            if page.mapping_flags != PAGE_MAPPING_FLAGS:
+                cmp_and_merge_page(page, rmap_item)
+            elif skip_here:
+                if not rmap_item.address & STABLE_FLAG:
+                    cmp_and_merge_page(page, rmap_item)
+            elif page.mapping is None or rmap_item.head is not page.mapping:
+                # Else cmp_and_merge_page() would return at once: a KSM page on its item's node.
                 cmp_and_merge_page(page, rmap_item)
             if page.count > 1:
                 page.count -= 1
@@ -1596,6 +1767,7 @@ class Ksm:
     ) -> tuple[int, int]:
         """Apply MADV_MERGEABLE or MADV_UNMERGEABLE; return (error, new vm_flags): ksm_madvise()."""
         mm = vma.vm_mm
+        self.machine.zone.map_generation += 1  # the caller changes the area's flags
         if advice == MADV_MERGEABLE:
             if vm_flags & VM_MERGEABLE or not self.vma_ksm_compatible(vm_flags):
                 return 0, vm_flags  # just ignore the advice
@@ -1630,6 +1802,7 @@ class Ksm:
             if err:
                 return err
         mm.flags |= MMF_VM_MERGE_ANY
+        self.machine.zone.map_generation += 1
         for vma in mm.mmap:
             if not vma.vm_flags & VM_MERGEABLE and self.vma_ksm_compatible(vma.vm_flags):
                 vma.vm_flags |= VM_MERGEABLE
@@ -1639,6 +1812,7 @@ class Ksm:
         """Unmerge and unmark every area of a merge-any process: ksm_disable_merge_any()."""
         if not mm.flags & MMF_VM_MERGE_ANY:
             return 0
+        self.machine.zone.map_generation += 1
         for vma in mm.mmap:
             if not vma.vm_flags & VM_MERGEABLE:
                 continue
@@ -1686,6 +1860,10 @@ class Ksm:
         node = self.page_stable_node_of(page)
         if node is None:
             return
+        # A fork child sharing its parent's anon_vma can be reached from its own item and again
+        # from the parent's second round; the kernel's callbacks re-check the pte, so each pte
+        # is handed out once here.
+        seen: set[tuple[int, int]] = set()
         for search_new_forks in (False, True):
             for item in list(node.items()):
                 anon_vma = item.anon_vma
@@ -1697,7 +1875,9 @@ class Ksm:
                         continue
                     if (item.mm is vma.vm_mm) == search_new_forks:
                         continue
-                    if page_check_address(page, vma.vm_mm, addr):
+                    key = (id(vma.vm_mm), addr)
+                    if key not in seen and page_check_address(page, vma.vm_mm, addr):
+                        seen.add(key)
                         yield vma, addr
 
     def ksm_might_need_to_copy(self, page: Page, vma: VmArea, address: int) -> bool:

@@ -7,11 +7,12 @@ time the cost model charges for the work it did, so a run reports what ksmd woul
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Final
 
 from ksmsim.kernel.ksm import Ksm, KsmWork
+from ksmsim.kernel.ksm_shortcuts import pause_gc
 
 if TYPE_CHECKING:
     from ksmsim.kernel.machine import Machine
@@ -94,7 +95,8 @@ class Ksmd:
         if not ksm.ksmd_should_run():
             return 0
         before = self._batch_start = ksm.work.as_dict()
-        ksm.ksm_do_scan(ksm.ksm_thread_pages_to_scan)
+        with pause_gc(ksm):
+            ksm.ksm_do_scan(ksm.ksm_thread_pages_to_scan)
         self._batch_start = None
         self.machine.kswapd()
         spent = self.cost.charge(before, ksm.work, ksm.profile.checksum)

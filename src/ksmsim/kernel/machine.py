@@ -60,7 +60,9 @@ class Machine:
         self.profile = profile
         self.zone = Zone(self.config.ram_pages, ZERO_DATA, self.config.reuse_order)
         self.zone.on_free = self._page_freed
-        self.swap: SwapInfo | None = SwapInfo(self.config.swap_pages) if self.config.swap_pages else None
+        self.swap: SwapInfo | None = (
+            SwapInfo(self.config.swap_pages) if self.config.swap_pages else None
+        )
         self.swap_cache: dict[int, Page] = {}
         self.lru = Lru()
         self.watermarks = watermarks(self.config.ram_pages)

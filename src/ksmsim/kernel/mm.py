@@ -29,6 +29,8 @@ _PAGE_MIGRATION: Final = 1 << 6
 PTE_FLAGS_MASK: Final = PAGE_SIZE - 1
 
 PTRS_PER_PTE: Final = 512
+_PTE_MAPPING_BITS: Final = ~(_PAGE_RW | _PAGE_DIRTY | _PAGE_ACCESSED)
+"""The pte bits that say what an entry maps (all but write, dirty and young)."""
 _PTE_TABLE_SHIFT: Final = 9
 _EMPTY_PTE_TABLE: Final = array("Q", bytes(8 * PTRS_PER_PTE))
 
@@ -218,6 +220,7 @@ class MmStruct:
     # -- VMAs ----------------------------------------------------------------------------------
     def vmas_changed(self) -> None:
         """Re-sort the VMA list after an insert, removal, split or merge."""
+        self.machine.zone.map_generation += 1
         self.mmap.sort(key=_vm_start)
         self._ends = [v.vm_end for v in self.mmap]
         self.mmap_cache = None
@@ -248,7 +251,26 @@ class MmStruct:
         return table[vpn & (PTRS_PER_PTE - 1)]
 
     def set_pte_at(self, addr: int, pte: int) -> None:
-        """Write the pte for a virtual address, allocating the pte table: set_pte_at()."""
+        """Write the pte for a virtual address, allocating the pte table: set_pte_at().
+
+        A change of what the entry maps moves the zone's ``map_generation`` (ksm_shortcuts.py).
+        """
+        vpn = addr >> PAGE_SHIFT
+        key = vpn >> _PTE_TABLE_SHIFT
+        table = self.pgd.get(key)
+        if table is None:
+            if not pte:
+                return
+            table = self.pgd[key] = array("Q", _EMPTY_PTE_TABLE)
+        idx = vpn & (PTRS_PER_PTE - 1)
+        if (table[idx] ^ pte) & _PTE_MAPPING_BITS:
+            self.machine.zone.map_generation += 1
+        table[idx] = pte
+
+    def set_pte_at_by_ksmd(self, addr: int, pte: int) -> None:
+        """Write a pte for ksmd's write_protect_page() and replace_page(): set_pte_at(),
+        leaving ``map_generation`` alone, as the unstable-tree shortcut allows for exactly
+        these (they change only ptes of items that are not, or are no longer, in the tree)."""
         vpn = addr >> PAGE_SHIFT
         key = vpn >> _PTE_TABLE_SHIFT
         table = self.pgd.get(key)

@@ -8,7 +8,7 @@ is the kernel's tagged pointer: PageAnon iff bit 0, PageKsm iff both bits.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 PAGE_SHIFT: Final = 12
 PAGE_SIZE: Final = 1 << PAGE_SHIFT
@@ -46,16 +46,8 @@ PAGE_FLAG_NAMES: Final = {
 }
 
 
-class Page:
-    """One page frame (struct page): counts, mapping, index, flags, private and contents.
-
-    ``count`` is page_count() and ``mapcount`` is page_mapcount() (the kernel stores
-    ``_mapcount`` biased by -1; the model stores the true number). ``data`` is the frame's
-    4096 bytes, an immutable ``bytes`` shared by identity with every frame of equal contents;
-    it is None while the frame is free. ``csum``/``csum_of`` cache a checksum of ``data``:
-    ``csum_of`` is the ``data`` object the cached value was computed for, so a write (which
-    rebinds ``data``) invalidates the cache without any bookkeeping on the write path.
-    """
+class PageFields:
+    """The fields of a page frame, in pure Python (see ``Page``)."""
 
     __slots__ = (
         "count",
@@ -83,6 +75,44 @@ class Page:
         self.data: bytes | None = None
         self.csum = 0
         self.csum_of: bytes | None = None
+
+
+def _fields_base() -> type[PageFields]:
+    """Return the base that holds a frame's fields: the C extension's ``PageBase`` (the same
+    attributes, with pfn, index and private held as C integers, so that a frame needs no int
+    objects of its own for them) when it is built and ``c_helpers`` is on in KSMSIM_SHORTCUTS
+    at import, else ``PageFields``."""
+    from ksmsim.kernel.ksm_shortcuts import default_shortcuts
+
+    if not default_shortcuts().c_helpers:
+        return PageFields
+    try:
+        from ksmsim._speedups import PageBase
+    except ImportError:  # pragma: no cover - built without a compiler, or a stale build
+        return PageFields
+    base: type[PageFields] = PageBase
+    return base
+
+
+if TYPE_CHECKING:
+    _Fields = PageFields
+else:
+    _Fields = _fields_base()
+
+
+class Page(_Fields):
+    """One page frame (struct page): counts, mapping, index, flags, private and contents.
+
+    ``count`` is page_count() and ``mapcount`` is page_mapcount() (the kernel stores
+    ``_mapcount`` biased by -1; the model stores the true number). ``data`` is the frame's
+    4096 bytes, an immutable ``bytes`` shared by identity with every frame of equal contents;
+    it is None while the frame is free. ``csum``/``csum_of`` cache a checksum of ``data``:
+    ``csum_of`` is the ``data`` object the cached value was computed for, so a write (which
+    rebinds ``data``) invalidates the cache without any bookkeeping on the write path.
+    The fields live in the base (``_fields_base``); ``Page(pfn)`` is a free frame.
+    """
+
+    __slots__ = ()
 
     def __repr__(self) -> str:
         flags = ",".join(n for bit, n in PAGE_FLAG_NAMES.items() if self.flags & bit)

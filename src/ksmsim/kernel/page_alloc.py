@@ -26,6 +26,7 @@ class Zone:
     __slots__ = (
         "_free",
         "_fresh",
+        "map_generation",
         "mem_map",
         "nr_free",
         "on_free",
@@ -54,6 +55,10 @@ class Zone:
         self.on_free: Callable[[Page], None] | None = None
         """Called with each frame about to be freed, before its fields are reset (the LRU and
         the statistics of the machine hook in here, as __page_cache_release() does)."""
+        self.map_generation = 0
+        """Not the kernel's: bumped whenever a pte starts or stops mapping a frame (other than
+        by ksmd's own merging) or an mm's areas change; the unstable-tree shortcut is exact
+        while it stays where it was when the tree was emptied (ksm_shortcuts.py)."""
 
     def pfn_to_page(self, pfn: int) -> Page:
         """Return the frame with this pfn, creating it if it was never handed out: pfn_to_page()."""

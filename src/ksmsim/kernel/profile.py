@@ -58,6 +58,10 @@ class Profile:
     """prctl(PR_SET_MEMORY_MERGE): every compatible VMA of the process is mergeable (6.4+)."""
     advisor: bool = False
     """The scan-time advisor that retunes pages_to_scan after each pass (6.8+)."""
+    scan_rechecks_empty_list: bool = False
+    """scan_get_next_rmap_item() re-checks, once it has taken the first slot under
+    ksm_mmlist_lock, that a racing __ksm_exit did not empty the list (v3.0, 2b472611a32a7
+    "ksm: fix NULL pointer dereference in scan_get_next_rmap_item()", CVE-2011-2183)."""
     find_mergeable_vma: bool = False
     """Merge paths look the VMA up with find_mergeable_vma() (mergeable, with an anon_vma) and
     take an item out of its tree only once its page is merged (3.x+)."""
@@ -113,6 +117,7 @@ V6_18: Final = Profile(
     merge_any=True,
     advisor=True,
     find_mergeable_vma=True,
+    scan_rechecks_empty_list=True,
     vma_compat_6x=True,
     sysfs_kstrtox=True,
     migrate_ksm_pages=True,

@@ -106,8 +106,6 @@ def compare_results(
     return comp
 
 
-
-
 def _order(key: str) -> tuple[int, str]:
     if key in GLOBAL_COUNTERS:
         return (GLOBAL_COUNTERS.index(key), key)

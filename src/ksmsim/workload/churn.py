@@ -93,6 +93,14 @@ class ChurnSet:
         """Return the summed rate of the writers."""
         return sum(w.writes_per_s for w in self.writers.values())
 
+    def pages_touched(self, host: Host, seconds: float) -> int:
+        """Return how many distinct pages the live writers rewrite in ``seconds``."""
+        total = 0
+        for w in self.active(host):
+            pages = host.procs[w.proc].regions[w.region].pages
+            total += min(pages, int(w.writes_per_s * seconds))
+        return total
+
     def _apply(self, host: Host, elapsed_ns: int) -> None:
         """Advance every writer by ``elapsed_ns`` and issue the writes that fell due."""
         for w in self.active(host):

@@ -269,9 +269,7 @@ def _fleet_doc(
         for region in regions:
             timeline.append({"op": "mmap", "proc": name, "region": region})
         if rate > 0 and any(r["name"] == "hot" for r in regions):
-            timeline.append(
-                {"op": "churn", "proc": name, "region": "hot", "writes_per_s": rate}
-            )
+            timeline.append({"op": "churn", "proc": name, "region": "hot", "writes_per_s": rate})
     timeline.append({"op": "run", "seconds": run_s})
     timeline.append({"op": "snapshot", "label": "end"})
     doc: dict[str, Any] = {"description": description, "seed": seed}
@@ -293,11 +291,11 @@ def vm_fleet(
     writes_per_s: Rate = 50.0,
     images: int = 1,
     boot_stagger_s: float = 0.0,
-    run_s: float = 600.0,
+    run_s: float = 120.0,
     seed: int = 0,
     kernel: str | None = None,
-    pages_to_scan: int | None = None,
-    sleep_millisecs: int | None = None,
+    pages_to_scan: int | None = 100,
+    sleep_millisecs: int | None = 20,
 ) -> dict[str, Any]:
     """Return a scenario of ``guests`` VMs booted from ``images`` images, ``boot_stagger_s`` apart.
 
@@ -308,7 +306,9 @@ def vm_fleet(
     ``hot`` (``hot_fraction`` of the private memory, rewritten by a churn writer at the guest's
     ``writes_per_s``: a fixed rate, or a (low, high) range drawn per guest from ``seed``). Guests
     are spread over the images round-robin. ksmd runs from the first boot; after the last boot it
-    runs ``run_s`` seconds, then snapshot ``end`` is taken.
+    runs ``run_s`` seconds, then snapshot ``end`` is taken. The scenario sets ``pages_to_scan``
+    and ``sleep_millisecs`` (the kernel's defaults, 100 and 20, unless given; None leaves the
+    format's defaults).
     """
     if guests < 1:
         raise ValueError(f"a fleet needs at least one guest, not {guests}")
@@ -370,11 +370,11 @@ def container_fleet(
     hot_fraction: float = 0.1,
     writes_per_s: Rate = 20.0,
     start_stagger_s: float = 0.0,
-    run_s: float = 600.0,
+    run_s: float = 120.0,
     seed: int = 0,
     kernel: str | None = None,
-    pages_to_scan: int | None = None,
-    sleep_millisecs: int | None = None,
+    pages_to_scan: int | None = 100,
+    sleep_millisecs: int | None = 20,
 ) -> dict[str, Any]:
     """Return a scenario of ``containers`` processes sharing runtime and library pages.
 
@@ -384,6 +384,7 @@ def container_fleet(
     ``seed``), and ``private_mib`` of its own memory: ``zero`` (``zero_fraction`` of it),
     ``heap`` (unique pages) and ``hot`` (``hot_fraction``, rewritten at ``writes_per_s``).
     Containers start ``start_stagger_s`` apart; after the last one ksmd runs ``run_s`` seconds.
+    Tunables as for ``vm_fleet``.
     """
     if containers < 1:
         raise ValueError(f"a fleet needs at least one container, not {containers}")

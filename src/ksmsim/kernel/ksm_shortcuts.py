@@ -1,0 +1,428 @@
+"""Exact shortcuts for ksmd's hot paths, each behind a switch (issue #8).
+
+A shortcut replaces a stretch of the kernel-shaped code by a faster computation that provably
+leaves the model in the same state, with the same work counted (the cost model turns work into
+simulated time, so even a skipped memcmp must still be counted). Where the proof needs a
+condition, the condition is tested at run time and the exact path is taken otherwise. Each
+shortcut is used beside the function it shortcuts, with a comment saying why it is exact.
+
+Switches (``Shortcuts``; the default comes from the environment variable ``KSMSIM_SHORTCUTS``:
+``all`` (the default), ``none``, or a comma-separated list of names, each optionally prefixed
+with ``-`` to switch it off, applied to ``all``, e.g. ``-c_helpers`` or ``none,stable_skip``):
+
+``stable_skip``
+    stable_tree_search() and stable_tree_insert() pass over regular nodes whose page
+    get_ksm_page() would return and whose contents differ from the page sought, in one call.
+    For such a node the exact step is: take a reference, memcmp, drop the reference, descend;
+    the shortcut does the memcmp and the descent and counts the memcmp. It stops at a chain, at
+    a node whose keyhole test would fail (stale: the exact code removes it), and at equal
+    contents, and hands that node to the exact step.
+``unstable_skip``
+    unstable_tree_search_insert() does the same over unstable nodes. An unstable node records
+    the page it was inserted with (``RmapItem.tree_page``); while no pte has started or stopped
+    mapping a frame and no mm's areas have changed since the pass began (the zone's
+    ``map_generation`` is the one recorded when the tree was emptied, and ksmd's own pte
+    changes touch only items that are not, or no longer, in the tree), get_mergeable_page() of
+    every node returns exactly that page, so its step is: memcmp against the page's live
+    contents, descend. The node whose contents are equal (which is the only one that can be
+    the scanned page itself) is handed to the exact step.
+``dup_skip``
+    stable_node_dup() passes over the dups of a chain whose page get_ksm_page() would return,
+    choosing the best dup as it does, in one call: for such a dup the exact step is get,
+    compare the hlist lengths, keep the page or put it back. It stops at a dup whose keyhole
+    test fails (the exact step removes it) and where the walk breaks off; the reference on the
+    chosen dup's page is then taken (and the one on a page no longer chosen dropped) as the
+    exact walk leaves them.
+``scan_cursor``
+    ksm_do_scan() keeps the VMA loop of scan_get_next_rmap_item() (``Ksm._scan_mm``, a
+    generator) running from one page to the next within an mm, instead of starting it afresh
+    from the cursor for every page. Resuming it takes the same steps as a fresh start while the
+    mm's areas, their flags and its users are unchanged (all of which move the zone's
+    ``map_generation``); otherwise, and at the end of each mm and batch, the exact path runs.
+``fill_batch``
+    Whole-page user writes (a ``fill``) go through memory_shortcuts.write_user_pages(), which
+    takes the two common cases (a page never touched, a page mapped writable) in one loop
+    with the steps write_user_bytes() takes for them; see that module for the conditions.
+``lazy_contents``
+    A ``fill`` writes each ``unique`` page as a ``PageText`` (the C extension's): its header
+    and filler byte, standing for the very same 4096 bytes and behaving as them wherever the
+    model uses contents (comparisons with bytes and with each other, hash, indexing, slices,
+    the buffer protocol that checksums and digests read). Needs ``c_helpers``; off, the fill
+    builds the bytes themselves.
+``gc_pause``
+    Python's cyclic garbage collector is paused during a ksmd batch and a batch of writes
+    (``pause_gc``). The model allocates many objects there and frees them by reference
+    counting; the collector, which only reclaims unreachable cycles and runs no finalizer of
+    the model's, would find nothing to change, and costs some 10% of a large scan.
+``c_helpers``
+    Use the C versions of the helpers above (``ksmsim._speedups``) when it was built, and its
+    rb_insert_color() for the trees' inserts and its twin of the pte loop of ksmd's VMA loop
+    (Ksm._scan_ptes); the pure-Python twins (here, rbtree.py's rb_insert_color and
+    Ksm._scan_ptes) give the same results (tests/perf compares them). At import it also
+    chooses the C base of ``Page`` (page.py), which holds the same fields more compactly.
+
+No shortcut runs under the interleaving explorer (``machine.preempt`` set) or with a deliberate
+bug switched on (``ksm.mutations``): both need every step of the exact path.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from ksmsim.kernel.page import Page
+    from ksmsim.kernel.rbtree import RbNode
+
+__all__ = [
+    "ENV_VAR",
+    "HAVE_C_HELPERS",
+    "PageText",
+    "Shortcuts",
+    "default_shortcuts",
+    "pause_gc",
+    "set_default_shortcuts",
+    "stable_skip_py",
+    "unstable_skip_py",
+    "using_shortcuts",
+]
+
+ENV_VAR: Final = "KSMSIM_SHORTCUTS"
+
+SkipResult = tuple[Any, Any, bool, int]
+"""(node to take the exact step at, or None; the last node passed; went left from it; memcmps)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Shortcuts:
+    """Which exact shortcuts a machine's KSM may take (see the module docstring)."""
+
+    stable_skip: bool = True
+    unstable_skip: bool = True
+    dup_skip: bool = True
+    scan_cursor: bool = True
+    fill_batch: bool = True
+    lazy_contents: bool = True
+    gc_pause: bool = True
+    c_helpers: bool = True
+
+    @classmethod
+    def all_on(cls) -> Shortcuts:
+        """Return every shortcut on."""
+        return cls()
+
+    @classmethod
+    def all_off(cls) -> Shortcuts:
+        """Return every shortcut off: the kernel-shaped code alone."""
+        return cls(**{f.name: False for f in fields(cls)})
+
+    @classmethod
+    def parse(cls, spec: str) -> Shortcuts:
+        """Parse ``all``, ``none`` or a comma list of (``-``)names applied to ``all``."""
+        out = cls.all_on()
+        names = {f.name for f in fields(cls)}
+        for raw in spec.split(","):
+            word = raw.strip()
+            if not word:
+                continue
+            if word == "all":
+                out = cls.all_on()
+            elif word == "none":
+                out = cls.all_off()
+            else:
+                on = not word.startswith("-")
+                name = word.lstrip("-+")
+                if name not in names:
+                    raise ValueError(f"{ENV_VAR}: unknown shortcut {name!r} (have {sorted(names)})")
+                out = replace(out, **{name: on})
+        return out
+
+    def names_on(self) -> list[str]:
+        """Return the names of the shortcuts switched on."""
+        return [f.name for f in fields(self) if getattr(self, f.name)]
+
+
+_default = Shortcuts.parse(os.environ.get(ENV_VAR, "all"))
+
+
+def default_shortcuts() -> Shortcuts:
+    """Return the shortcuts a new machine's KSM starts with."""
+    return _default
+
+
+def set_default_shortcuts(shortcuts: Shortcuts) -> None:
+    """Set the shortcuts new machines start with."""
+    global _default
+    _default = shortcuts
+
+
+@contextmanager
+def using_shortcuts(shortcuts: Shortcuts) -> Iterator[None]:
+    """Build machines with ``shortcuts`` inside the block (for tests and benchmarks)."""
+    old = _default
+    set_default_shortcuts(shortcuts)
+    try:
+        yield
+    finally:
+        set_default_shortcuts(old)
+
+
+@contextmanager
+def pause_gc(ksm: Any) -> Iterator[None]:
+    """Pause the cyclic garbage collector inside the block when ``ksm`` (a Ksm, or None) has
+    the ``gc_pause`` shortcut and shortcuts may run; restore it after (``gc_pause``)."""
+    pause = (
+        ksm is not None and ksm.shortcuts.gc_pause and ksm._shortcuts_allowed() and gc.isenabled()
+    )
+    if pause:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if pause:
+            gc.enable()
+
+
+# -- the tree walks ----------------------------------------------------------------------------
+STABLE_NODE_CHAIN: Final = -1024
+KSM_MAPPING_FLAGS: Final = 3
+
+
+def unstable_skip_py(node: RbNode | None, data: bytes) -> SkipResult:
+    """Walk down from ``node`` past every unstable node whose recorded page holds contents other
+    than ``data``; stop at a node with no recorded page or equal contents (pure Python)."""
+    parent: RbNode | None = None
+    left = False
+    n = 0
+    while node is not None:
+        tree_page: Page | None = node.tree_page  # type: ignore[attr-defined]
+        if tree_page is None:
+            break
+        tree_data = tree_page.data
+        if tree_data is None or data == tree_data:
+            break
+        n += 1
+        parent = node
+        left = data < tree_data
+        node = node.rb_left if left else node.rb_right
+    return node, parent, left, n
+
+
+def stable_skip_py(node: RbNode | None, data: bytes, pinned: bool) -> SkipResult:
+    """Walk down from ``node`` past every regular stable node whose page get_ksm_page() would
+    return and whose contents differ from ``data``; stop at a chain, a node failing the keyhole
+    test, or equal contents (pure Python)."""
+    parent: RbNode | None = None
+    left = False
+    n = 0
+    while node is not None:
+        if node.rmap_hlist_len == STABLE_NODE_CHAIN:  # type: ignore[attr-defined]
+            break
+        page: Page | None = node.page  # type: ignore[attr-defined]
+        if page is None:
+            break
+        if not pinned and (
+            page.mapping is not node or page.mapping_flags != KSM_MAPPING_FLAGS or page.count == 0
+        ):
+            break
+        tree_data = page.data
+        if tree_data is None or data == tree_data:
+            break
+        n += 1
+        parent = node
+        left = data < tree_data
+        node = node.rb_left if left else node.rb_right
+    return node, parent, left, n
+
+
+def dup_skip_py(
+    dup: Any, found: Any, found_len: int, max_page_sharing: int, prune: bool, pinned: bool
+) -> tuple[Any, Any, int, bool]:
+    """Walk a chain's dups from ``dup`` as stable_node_dup() does, past every dup whose page
+    get_ksm_page() would return, choosing the best as it does; stop at a dup failing that
+    test, at the end, or where the walk breaks off. Return (the dup to take the exact step at,
+    or None; found; found_len; whether it broke off) (pure Python)."""
+    while dup is not None:
+        page = dup.page
+        if page is None:
+            break
+        if not pinned and (
+            page.mapping is not dup or page.mapping_flags != KSM_MAPPING_FLAGS or page.count == 0
+        ):
+            break
+        nxt = dup.dup_next
+        n = dup.rmap_hlist_len
+        candidate = 0 < n < max_page_sharing
+        if found is None or (
+            candidate and (not 0 < found.rmap_hlist_len < max_page_sharing or n > found_len)
+        ):
+            found = dup
+            found_len = n
+            if not prune and candidate:
+                return nxt, found, found_len, True
+        dup = nxt
+    return dup, found, found_len, False
+
+
+UnstableSkip = Callable[[Any, bytes], SkipResult]
+StableSkip = Callable[[Any, bytes, bool], SkipResult]
+
+unstable_skip_c: UnstableSkip | None = None
+stable_skip_c: StableSkip | None = None
+rb_insert_color_c: Callable[[Any, Any], None] | None = None
+DupSkip = Callable[[Any, Any, int, int, bool, bool], tuple[Any, Any, int, bool]]
+dup_skip_c: DupSkip | None = None
+scan_ptes_c: Callable[..., Any] | None = None
+HAVE_C_HELPERS = False
+
+
+def _page_text_type() -> Any:
+    """Return the C extension's PageText type, or None when it is not built."""
+    try:
+        from ksmsim._speedups import PageText as page_text
+    except ImportError:  # pragma: no cover - built without a compiler, or a stale build
+        return None
+    return page_text
+
+
+PageText: Any = _page_text_type()
+"""Page contents as a head and a filler byte (``lazy_contents``); None without the extension."""
+
+
+def _setup_c() -> None:
+    """Hand the node and page layouts to the C walks, if the extension was built."""
+    global unstable_skip_c, stable_skip_c, dup_skip_c, rb_insert_color_c, scan_ptes_c
+    global HAVE_C_HELPERS
+    try:
+        from ksmsim import _speedups
+    except ImportError:  # pragma: no cover - built without a compiler
+        return
+    if not hasattr(_speedups, "tree_setup"):  # pragma: no cover - a stale build
+        return
+    from ksmsim.kernel.ksm import RmapItem, StableNode
+    from ksmsim.kernel.page import Page
+    from ksmsim.kernel.rbtree import RbNode
+
+    def descr(cls: type, name: str) -> Any:
+        """Return the slot descriptor ``name`` of ``cls`` (from whichever class defines it)."""
+        for klass in cls.__mro__:
+            if name in vars(klass):
+                return vars(klass)[name]
+        raise AttributeError(f"{cls.__name__} has no slot {name!r}")
+
+    _speedups.tree_setup(
+        RbNode,
+        RmapItem,
+        StableNode,
+        Page,
+        descr(RbNode, "rb_left"),
+        descr(RbNode, "rb_right"),
+        descr(RmapItem, "tree_page"),
+        descr(StableNode, "page"),
+        descr(StableNode, "rmap_hlist_len"),
+        descr(Page, "data"),
+        descr(Page, "mapping"),
+        descr(Page, "mapping_flags"),
+        descr(Page, "count"),
+        STABLE_NODE_CHAIN,
+        KSM_MAPPING_FLAGS,
+        descr(StableNode, "dup_next"),
+    )
+    from ksmsim.kernel.rbtree import RbRoot
+
+    _speedups.rb_setup(
+        RbNode,
+        RbRoot,
+        descr(RbNode, "rb_parent"),
+        descr(RbNode, "rb_left"),
+        descr(RbNode, "rb_right"),
+        descr(RbNode, "rb_red"),
+        descr(RbRoot, "rb_node"),
+    )
+    from ksmsim.kernel.ksm import (
+        _ANON_PRESENT_MASK,
+        STABLE_FLAG,
+        U8_MAX,
+        UNSTABLE_FLAG,
+        KsmScan,
+        MmSlot,
+    )
+    from ksmsim.kernel.mm import _PAGE_PRESENT
+    from ksmsim.kernel.page import PAGE_MAPPING_ANON, PAGE_MAPPING_FLAGS, PAGE_MASK, PAGE_SHIFT
+
+    _speedups.scan_setup(
+        RmapItem,
+        MmSlot,
+        KsmScan,
+        Page,
+        descr(RmapItem, "address"),
+        descr(RmapItem, "age"),
+        descr(RmapItem, "remaining_skips"),
+        descr(RmapItem, "rmap_list"),
+        descr(MmSlot, "rmap_list"),
+        descr(KsmScan, "rmap_list"),
+        descr(Page, "count"),
+        descr(Page, "mapping_flags"),
+        _ANON_PRESENT_MASK,
+        _PAGE_PRESENT,
+        PAGE_SHIFT,
+        PAGE_MAPPING_ANON,
+        PAGE_MAPPING_FLAGS,
+        U8_MAX,
+        PAGE_MASK & ((1 << 64) - 1),
+        STABLE_FLAG | UNSTABLE_FLAG,
+    )
+    unstable_skip_c = _speedups.unstable_skip
+    stable_skip_c = _speedups.stable_skip
+    dup_skip_c = _speedups.dup_skip
+    rb_insert_color_c = _speedups.rb_insert_color
+    scan_ptes_c = _speedups.scan_ptes
+    HAVE_C_HELPERS = True
+
+
+def scan_ptes_function(shortcuts: Shortcuts) -> Callable[..., Any] | None:
+    """Return the C twin of Ksm._scan_ptes() with ``c_helpers``, else None (use the method)."""
+    if shortcuts.c_helpers and not HAVE_C_HELPERS:
+        _setup_c()
+    return scan_ptes_c if shortcuts.c_helpers else None
+
+
+def insert_color_function(shortcuts: Shortcuts) -> Callable[[Any, Any], None]:
+    """Return rb_insert_color(): the C version with ``c_helpers`` (same rotations and colours,
+    tests/perf compares the trees), else rbtree.py's."""
+    from ksmsim.kernel.rbtree import rb_insert_color
+
+    if shortcuts.c_helpers and not HAVE_C_HELPERS:
+        _setup_c()
+    if shortcuts.c_helpers and rb_insert_color_c is not None:
+        return rb_insert_color_c
+    return rb_insert_color
+
+
+def dup_skip_function(shortcuts: Shortcuts) -> DupSkip | None:
+    """Return the dup walk shortcut to use (None where switched off)."""
+    if not shortcuts.dup_skip:
+        return None
+    if shortcuts.c_helpers and not HAVE_C_HELPERS:
+        _setup_c()
+    if shortcuts.c_helpers and dup_skip_c is not None:
+        return dup_skip_c
+    return dup_skip_py
+
+
+def skip_functions(shortcuts: Shortcuts) -> tuple[StableSkip | None, UnstableSkip | None]:
+    """Return the stable and unstable walk shortcuts to use (None where switched off)."""
+    if shortcuts.c_helpers and not HAVE_C_HELPERS:
+        _setup_c()
+    use_c = shortcuts.c_helpers and HAVE_C_HELPERS
+    stable: StableSkip | None = None
+    unstable: UnstableSkip | None = None
+    if shortcuts.stable_skip:
+        stable = stable_skip_c if use_c else stable_skip_py
+    if shortcuts.unstable_skip:
+        unstable = unstable_skip_c if use_c else unstable_skip_py
+    return stable, unstable
