@@ -198,6 +198,35 @@ def test_stable_skip_c_equals_py(lazy: bool, pinned: bool) -> None:
 
 
 @needs_c
+@pytest.mark.parametrize("pinned", [False, True])
+def test_dup_skip_c_equals_py(pinned: bool) -> None:
+    rng = random.Random(11 + pinned)
+    assert ks.dup_skip_c is not None
+    for _ in range(2000):
+        dups = []
+        for k in range(rng.choice((1, 2, 5, 40))):
+            page = Page(k + 1) if rng.random() > 0.03 else None
+            node = StableNode(page)
+            if page is not None:
+                r = rng.random()
+                page.mapping = node if r > 0.05 else None
+                page.mapping_flags = 3 if r > 0.08 else 1
+                page.count = 0 if r < 0.1 else 2
+            node.rmap_hlist_len = rng.choice((0, 1, 3, 4, 5, 255, 256))
+            dups.append(node)
+        for a, b in zip(dups, dups[1:], strict=False):
+            a.dup_next = b
+        start = rng.choice(dups)
+        found = rng.choice([None, *dups])
+        found_len = rng.randrange(6)
+        max_sharing = rng.choice((2, 4, 256))
+        prune = rng.random() < 0.5
+        got = ks.dup_skip_c(start, found, found_len, max_sharing, prune, pinned)
+        want = ks.dup_skip_py(start, found, found_len, max_sharing, prune, pinned)
+        assert got[0] is want[0] and got[1] is want[1] and got[2:] == want[2:]
+
+
+@needs_c
 def test_skips_refuse_foreign_nodes() -> None:
     assert ks.unstable_skip_c is not None and ks.stable_skip_c is not None
     with pytest.raises(TypeError):

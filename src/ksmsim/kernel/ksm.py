@@ -77,6 +77,7 @@ from ksmsim.kernel.page import (
     PageAnon,
     PageKsm,
     PG_dirty,
+    PG_locked,
     PG_mlocked,
     PG_referenced,
     PG_swapbacked,
@@ -929,6 +930,32 @@ class Ksm:
                     work.memcmps += skipped
                     if node is None:
                         break
+                    assert isinstance(node, StableNode)
+                    hit = node.page
+                    if (
+                        node.rmap_hlist_len != STABLE_NODE_CHAIN
+                        and hit is not None
+                        and (
+                            pinned
+                            or (
+                                hit.mapping is node
+                                and hit.mapping_flags == PAGE_MAPPING_FLAGS
+                                and hit.count
+                            )
+                        )
+                        and not hit.flags & PG_locked
+                        and hit.data == data
+                    ):
+                        # The node found, a regular one whose get_ksm_page() succeeds: the steps
+                        # below take its page, memcmp it equal, and return it; with chains they
+                        # put it back, test the node is a candidate and take the page again
+                        # with get_ksm_page(TRYLOCK), which succeeds on an unlocked page, and
+                        # unlock it. In all: one memcmp and one reference.
+                        work.memcmps += 1
+                        if chains and not self.is_page_sharing_candidate(node):
+                            return None
+                        hit.count += 1
+                        return hit
                 assert isinstance(node, StableNode)
                 if chains:
                     tree_page, dup, tree_node = self.__stable_node_chain(node, prune=True)
