@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import pickle
@@ -214,7 +215,7 @@ def test_dup_skip_c_equals_py(pinned: bool) -> None:
                 page.count = 0 if r < 0.1 else 2
             node.rmap_hlist_len = rng.choice((0, 1, 3, 4, 5, 255, 256))
             dups.append(node)
-        for a, b in zip(dups, dups[1:], strict=False):
+        for a, b in itertools.pairwise(dups):
             a.dup_next = b
         start = rng.choice(dups)
         found = rng.choice([None, *dups])
