@@ -149,6 +149,8 @@ speedups_jhash2(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 typedef struct {
     PyObject_VAR_HEAD               /* ob_size: the length of the head */
     char *buf;                      /* the bytes, while a buffer is exported */
+    PyObject *csum_fn;              /* checksum(): the function of the cached value */
+    PyObject *csum;                 /* checksum(): its value */
     int size;                       /* the length of the bytes */
     unsigned short exports;
     unsigned char filler;
@@ -184,6 +186,8 @@ pagetext_make(PyTypeObject *type, const char *head, Py_ssize_t hlen, unsigned ch
     Py_SET_SIZE(o, hlen);
     memcpy(o->head, head, (size_t)hlen);
     o->head[hlen] = 0;
+    o->csum_fn = NULL;
+    o->csum = NULL;
     o->size = (int)size;
     o->buf = NULL;
     o->exports = 0;
@@ -239,6 +243,8 @@ pagetext_bytes(PageTextObject *o, PyObject *unused)
 static void
 pagetext_dealloc(PageTextObject *o)
 {
+    Py_XDECREF(o->csum_fn);
+    Py_XDECREF(o->csum);
     if (o->buf != NULL)
         PyMem_Free(o->buf);
     Py_TYPE(o)->tp_free((PyObject *)o);
@@ -469,8 +475,29 @@ static PyGetSetDef pagetext_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
+/* checksum(fn): fn(self), computed once per function and kept (the last function's value). */
+static PyObject *
+pagetext_checksum(PageTextObject *o, PyObject *fn)
+{
+    PyObject *v;
+    if (o->csum_fn == fn && o->csum != NULL) {
+        Py_INCREF(o->csum);
+        return o->csum;
+    }
+    v = PyObject_CallOneArg(fn, (PyObject *)o);
+    if (v == NULL)
+        return NULL;
+    Py_INCREF(fn);
+    Py_XSETREF(o->csum_fn, fn);
+    Py_INCREF(v);
+    Py_XSETREF(o->csum, v);
+    return v;
+}
+
 static PyMethodDef pagetext_methods[] = {
     {"__bytes__", (PyCFunction)pagetext_bytes, METH_NOARGS, "Return the bytes."},
+    {"checksum", (PyCFunction)pagetext_checksum, METH_O,
+     "checksum(fn): fn(self), computed once and kept for the same fn."},
     {"__reduce__", (PyCFunction)pagetext_reduce, METH_NOARGS, "Pickle support."},
     {NULL, NULL, 0, NULL},
 };

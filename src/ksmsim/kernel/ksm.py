@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import xxhash
 
 from ksmsim.kernel.jhash import calc_checksum_jhash2
 from ksmsim.kernel.ksm_advisor import KsmAdvisor
 from ksmsim.kernel.ksm_shortcuts import (
+    PageText,
     Shortcuts,
     default_shortcuts,
     dup_skip_function,
@@ -410,6 +411,7 @@ class Ksm:
         self._stable_skip, self._unstable_skip = skip_functions(shortcuts)
         self._rb_insert_color = insert_color_function(shortcuts)
         self._dup_skip = dup_skip_function(shortcuts)
+        self._content_checksum = shortcuts.content_checksum and shortcuts.c_helpers
         self._scan_ptes_fn = scan_ptes_function(shortcuts) or Ksm._scan_ptes
         # The zone's map_generation when the unstable tree was last emptied (-1: never).
         self._unstable_generation = -1
@@ -465,7 +467,13 @@ class Ksm:
             return page.csum
         assert data is not None
         self.work.checksums += 1
-        csum = self._calc(data)
+        if self._content_checksum and type(data) is PageText:
+            # Shortcut content_checksum: contents held as a PageText keep their checksum, which
+            # is a function of the contents alone (shared by every frame holding the object).
+            contents: Any = data
+            csum: int = contents.checksum(self._calc)
+        else:
+            csum = self._calc(data)
         page.csum = csum
         page.csum_of = data
         return csum
@@ -971,6 +979,17 @@ class Ksm:
                 tree_data = tree_page.data
                 if data == tree_data:
                     if not chains:
+                        return tree_page
+                    if (
+                        skip is not None
+                        and self.is_page_sharing_candidate(dup)
+                        and tree_page.mapping is dup
+                        and tree_page.mapping_flags == PAGE_MAPPING_FLAGS
+                        and not tree_page.flags & PG_locked
+                    ):
+                        # Shortcut stable_skip: the steps below drop the reference, take it
+                        # again with get_ksm_page(TRYLOCK) (which succeeds: the keyhole still
+                        # holds and the page is unlocked) and unlock the page: no change.
                         return tree_page
                     zone.put_page(tree_page)
                     if not self.is_page_sharing_candidate(dup):
@@ -1507,7 +1526,9 @@ class Ksm:
         vmas = mm.mmap
         nvmas = len(vmas)
         smart = self.profile.smart_scan
-        scan_ptes = self._scan_ptes_fn
+        # The C twin calls back into get_next_rmap_item(), whose preemption points the
+        # interleaving explorer wants met from the pure-Python loop.
+        scan_ptes = self._scan_ptes_fn if self._shortcuts_allowed() else Ksm._scan_ptes
         visited = 0
         i = mm.vma_index(vma)
         while i < nvmas:

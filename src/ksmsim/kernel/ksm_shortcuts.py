@@ -16,7 +16,11 @@ with ``-`` to switch it off, applied to ``all``, e.g. ``-c_helpers`` or ``none,s
     For such a node the exact step is: take a reference, memcmp, drop the reference, descend;
     the shortcut does the memcmp and the descent and counts the memcmp. It stops at a chain, at
     a node whose keyhole test would fail (stale: the exact code removes it), and at equal
-    contents, and hands that node to the exact step.
+    contents, and hands that node to the exact step. The node found is taken on the spot
+    when it is a regular node whose keyhole holds and whose page is unlocked: the exact steps
+    then add one memcmp and one reference, whatever else they do in between (with chains:
+    put the page back, test the node is a candidate, take it again with TRYLOCK and unlock
+    it), and the same holds for the dup a chain gives.
 ``unstable_skip``
     unstable_tree_search_insert() does the same over unstable nodes. An unstable node records
     the page it was inserted with (``RmapItem.tree_page``); while no pte has started or stopped
@@ -49,6 +53,11 @@ with ``-`` to switch it off, applied to ``all``, e.g. ``-c_helpers`` or ``none,s
     model uses contents (comparisons with bytes and with each other, hash, indexing, slices,
     the buffer protocol that checksums and digests read). Needs ``c_helpers``; off, the fill
     builds the bytes themselves.
+``content_checksum``
+    calc_checksum() asks contents held as a ``PageText`` for their checksum, which the object
+    computes once (with the profile's checksum function) and keeps: it is a function of the
+    contents alone, and every frame holding the object shares it. The work counted is the
+    same (a checksum whenever the frame's own cache misses). Needs ``c_helpers``.
 ``gc_pause``
     Python's cyclic garbage collector is paused during a ksmd batch and a batch of writes
     (``pause_gc``). The model allocates many objects there and frees them by reference
@@ -107,6 +116,7 @@ class Shortcuts:
     scan_cursor: bool = True
     fill_batch: bool = True
     lazy_contents: bool = True
+    content_checksum: bool = True
     gc_pause: bool = True
     c_helpers: bool = True
 
@@ -301,8 +311,9 @@ def _setup_c() -> None:
         from ksmsim import _speedups
     except ImportError:  # pragma: no cover - built without a compiler
         return
-    if not hasattr(_speedups, "tree_setup"):  # pragma: no cover - a stale build
-        return
+    needed = ("tree_setup", "unstable_skip", "stable_skip", "dup_skip", "rb_setup")
+    if not all(hasattr(_speedups, name) for name in (*needed, "scan_setup", "scan_ptes")):
+        return  # pragma: no cover - a stale build: the pure-Python twins run
     from ksmsim.kernel.ksm import RmapItem, StableNode
     from ksmsim.kernel.page import Page
     from ksmsim.kernel.rbtree import RbNode
