@@ -14,7 +14,9 @@ import pytest
 from ksmsim.kernel.invariants import check_all
 from ksmsim.kernel.machine import Machine, MachineConfig
 from ksmsim.kernel.memory import (
+    VM_FAULT_OOM,
     FaultError,
+    handle_mm_fault,
     peek_user_page,
     read_user_byte,
     write_user_bytes,
@@ -458,6 +460,62 @@ def test_reclaim_with_swap_full_keeps_page_active() -> None:
     assert not page.flags & PG_swapcache
     assert pte_present(mm.pte_get(a + P))
     assert (page.count, page.mapcount) == (1, 1)
+    check_all(m)
+
+
+def test_write_fault_on_shared_slot_resolves_with_swap_full_below_min() -> None:
+    # Regression: with swap full and free memory at the min watermark, the copy's allocation in
+    # do_wp_page ran direct reclaim, which unmapped the swap-cache page just mapped read-only
+    # (and could free nothing): the fault met the same swap entry on every retry and never
+    # resolved. With no free slot the kernel does not scan anonymous pages at all.
+    m = _machine(swap=1)
+    assert m.swap is not None
+    mm, a = _process(m, "parent", [0x42])
+    assert _swap_out(m, _page(mm, a)) == 1
+    child = m.fork(mm, "child")
+    assert (m.swap.nr_free(), m.swap.swap_map[1]) == (0, 2)
+    other = m.new_process("other")
+    b = do_mmap_anon(other, 128 * P)
+    wmin = m.watermarks[0]
+    n = 0
+    while m.zone.nr_free > wmin:
+        write_user_bytes(other, b + n * P, _data(n))
+        n += 1
+    write_user_bytes(mm, a, b"\x01")
+    mine = _page(mm, a)
+    [cached] = m.swap_cache.values()
+    assert mine is not cached and pte_write(mm.pte_get(a))
+    assert mine.data == b"\x01" + _data(0x42)[1:]
+    assert (cached.count, cached.mapcount, m.swap.swap_map[1]) == (1, 0, 1)
+    # Both allocations (the swap-in and the copy) stalled at min, and reclaim touched nothing.
+    assert m.vmstat["allocstall"] == 2 and m.vmstat["pgsteal_direct"] == 0
+    assert all(pte_present(other.pte_get(b + i * P)) for i in range(n))
+    assert m.zone.nr_free == wmin - 2 and not m.oom_events
+    assert peek_user_page(child, a) == _data(0x42)
+    check_all(m)
+
+
+def test_swap_in_whose_copy_fails_returns_oom_alone() -> None:
+    # do_swap_page(): the swap-in takes the last free frame (a major fault), the write's copy
+    # finds none; the kernel returns the error bits alone, so VM_FAULT_MAJOR is dropped.
+    m = _machine(swap=1)
+    mm, a = _process(m, "parent", [0x42])
+    assert _swap_out(m, _page(mm, a)) == 1
+    m.fork(mm, "child")
+    other = m.new_process("other")
+    b = do_mmap_anon(other, 128 * P)
+    n = 0
+    while m.zone.nr_free > 1:
+        write_user_bytes(other, b + n * P, _data(n))
+        n += 1
+    vma = mm.find_vma(a)
+    assert vma is not None
+    assert handle_mm_fault(vma, a, write=True) == VM_FAULT_OOM
+    assert m.vmstat["pgmajfault"] == 1 and m.zone.nr_free == 0
+    # The page stays mapped read-only from the swap cache, so a read now succeeds.
+    assert not pte_write(mm.pte_get(a)) and read_user_byte(mm, a) == 0x42
+    with pytest.raises(FaultError, match="fault error 0x1 "):
+        write_user_bytes(mm, a, b"\x01")
     check_all(m)
 
 

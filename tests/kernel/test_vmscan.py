@@ -7,7 +7,7 @@ import pytest
 
 from ksmsim.kernel.invariants import check_all
 from ksmsim.kernel.machine import Machine, MachineConfig
-from ksmsim.kernel.memory import FaultError, peek_user_page, write_user_bytes
+from ksmsim.kernel.memory import FaultError, peek_user_page, read_user_byte, write_user_bytes
 from ksmsim.kernel.mm import (
     _PAGE_ACCESSED,
     VM_LOCKED,
@@ -22,6 +22,7 @@ from ksmsim.kernel.profile import KEYHOLE
 from ksmsim.kernel.vmscan import (
     Lru,
     balance_pgdat,
+    can_reclaim_anon_pages,
     isolate_lru_pages,
     page_referenced,
     shrink_active_list,
@@ -210,6 +211,34 @@ def test_shrink_zone_ages_active_pages_first() -> None:
 
 
 # -- direct reclaim and kswapd ---------------------------------------------------------------
+
+
+def test_shrink_zone_scans_nothing_with_swap_full() -> None:
+    # get_scan_count(): with no free swap slot anonymous pages are not scanned at all, not
+    # even a swap-cache page that could be unmapped and freed without a new slot.
+    m = _machine(swap=2)
+    mm, a = _fill(m, 10)
+    assert shrink_zone(m, 10) == 2  # both slots taken, their frames freed
+    assert m.swap is not None and m.swap.nr_free() == 0
+    swapped = [i for i in range(10) if is_swap_pte(mm.pte_get(a + i * P))]
+    assert len(swapped) == 2
+    addr = a + swapped[0] * P
+    m.fork(mm, "child")  # the child's swap pte keeps the slot in use after the read below
+    assert read_user_byte(mm, addr) == _data(swapped[0])[0]
+    page = _page(mm, addr)
+    assert page.flags & PG_swapcache and m.swap.nr_free() == 0
+    assert not can_reclaim_anon_pages(m)
+    for i in range(10):
+        pte = mm.pte_get(a + i * P)
+        if pte_present(pte):
+            mm.set_pte_at(a + i * P, pte & ~_PAGE_ACCESSED)
+    lists = (list(m.lru.active), list(m.lru.inactive))
+    ptes = [mm.pte_get(a + i * P) for i in range(10)]
+    assert shrink_zone(m, 10) == 0
+    assert (list(m.lru.active), list(m.lru.inactive)) == lists
+    assert [mm.pte_get(a + i * P) for i in range(10)] == ptes
+    assert (page.count, page.mapcount) == (2, 1)
+    check_all(m)
 
 
 def test_alloc_page_reclaims_directly_at_min_watermark() -> None:
