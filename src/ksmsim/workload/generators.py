@@ -12,14 +12,19 @@ import json
 import random
 from typing import Any
 
+from ksmsim.kernel.profile import PROFILES
 from ksmsim.workload import tomlwrite
+from ksmsim.workload.scenario import DEFAULT_KERNEL
 
 PATTERNS = ("zero", "unique", "repeat:2", "repeat:5", "x", "y", 7)
+_FEATURE_TUNABLES = {"use_zero_pages": "zero_pages", "smart_scan": "smart_scan"}
+"""The tunables a ``set`` may draw that only some profiles have, with the profile feature."""
 
 
 def random_mix(seed: int, *, steps: int = 30, kernel: str | None = None) -> dict[str, Any]:
     """Return a random but valid scenario exercising every action, reproducible from ``seed``."""
     rng = random.Random(seed)
+    profile = PROFILES.get(kernel if kernel is not None else DEFAULT_KERNEL)
     procs: dict[str, dict[str, int]] = {}
     names = iter(f"p{i}" for i in range(1000))
     processes = []
@@ -162,13 +167,17 @@ def random_mix(seed: int, *, steps: int = 30, kernel: str | None = None) -> dict
                 }
             )
         elif op == "set":
-            name, value = rng.choice(
-                [
-                    ("use_zero_pages", rng.randint(0, 1)),
-                    ("smart_scan", rng.randint(0, 1)),
-                    ("pages_to_scan", rng.choice([7, 50, 100000])),
-                ]
-            )
+            choices = [
+                ("use_zero_pages", rng.randint(0, 1)),
+                ("smart_scan", rng.randint(0, 1)),
+                ("pages_to_scan", rng.choice([7, 50, 100000])),
+            ]
+            name, value = rng.choice(choices)
+            feature = _FEATURE_TUNABLES.get(name)
+            if profile is not None and feature is not None and not getattr(profile, feature):
+                # That kernel has no such file: the write would end the scenario there. The
+                # draws stay the same, so the mixes of kernels that have it are unchanged.
+                name, value = choices[-1]
             timeline.append({"op": "set", "tunables": {name: value}})
         elif op == "unmerge_all":
             snaps += 1
