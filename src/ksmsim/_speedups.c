@@ -1778,6 +1778,432 @@ done:
     return result;
 }
 
+/* ---------------------------------------------------------------------------
+ * merge_fused(ksm, rmap_item, page, kpage): Ksm.merge_with_ksm_page_fused() in
+ * ksm.py (shortcut fused_merge), the same tests in the same order and the
+ * same changes.  Returns True when it merged, False (having changed nothing)
+ * when a condition does not hold.  Frames are PageBase objects.
+ * ------------------------------------------------------------------------- */
+
+typedef struct {
+    int ready;
+    PyTypeObject *item_type, *mm_type, *vma_type, *anon_type, *stable_type, *work_type;
+    Py_ssize_t it_mm, it_address, it_anon_vma, it_head, it_hnext, it_hprev;
+    Py_ssize_t mm_users, mm_cache, mm_pgd, mm_merging;
+    Py_ssize_t vm_start, vm_end, vm_flags, vm_pgoff, vm_anon_vma;
+    Py_ssize_t av_refcount, sn_hlist, sn_hlist_len, wk_memcmps, wk_merges;
+    long tree_flags, stable_flag;
+    unsigned long long vm_mergeable, vm_locked;
+    long mapping_anon, mapping_ksm, pg_locked, pg_dirty, pg_swapcache;
+    unsigned long long present_mask, present, pte_rw, pte_dirty, pte_accessed;
+    long ptrs_per_pte, page_shift;
+    PyObject *s_work, *s_machine, *s_wp_dirty, *s_sharing, *s_shared, *s_nr_anon;
+} merge_layout_t;
+
+static merge_layout_t merge_layout;
+
+PyDoc_STRVAR(merge_setup_doc,
+"merge_setup(item, mm, vma, anon_vma, stable, work, descriptors..., constants..., /)\n"
+"--\n"
+"\n"
+"Tell merge_fused the classes, slot descriptors and constants it works with.");
+
+static PyObject *
+speedups_merge_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    merge_layout_t l;
+    int i;
+    (void)module;
+    if (nargs != 42) {
+        PyErr_SetString(PyExc_TypeError, "merge_setup() takes exactly 42 arguments");
+        return NULL;
+    }
+    for (i = 0; i < 6; i++) {
+        if (!PyType_Check(args[i])) {
+            PyErr_SetString(PyExc_TypeError, "merge_setup: the first six arguments are classes");
+            return NULL;
+        }
+    }
+    l.item_type = (PyTypeObject *)args[0];
+    l.mm_type = (PyTypeObject *)args[1];
+    l.vma_type = (PyTypeObject *)args[2];
+    l.anon_type = (PyTypeObject *)args[3];
+    l.stable_type = (PyTypeObject *)args[4];
+    l.work_type = (PyTypeObject *)args[5];
+    if ((l.it_mm = slot_offset(args[6], l.item_type)) < 0 ||
+        (l.it_address = slot_offset(args[7], l.item_type)) < 0 ||
+        (l.it_anon_vma = slot_offset(args[8], l.item_type)) < 0 ||
+        (l.it_head = slot_offset(args[9], l.item_type)) < 0 ||
+        (l.it_hnext = slot_offset(args[10], l.item_type)) < 0 ||
+        (l.it_hprev = slot_offset(args[11], l.item_type)) < 0 ||
+        (l.mm_users = slot_offset(args[12], l.mm_type)) < 0 ||
+        (l.mm_cache = slot_offset(args[13], l.mm_type)) < 0 ||
+        (l.mm_pgd = slot_offset(args[14], l.mm_type)) < 0 ||
+        (l.mm_merging = slot_offset(args[15], l.mm_type)) < 0 ||
+        (l.vm_start = slot_offset(args[16], l.vma_type)) < 0 ||
+        (l.vm_end = slot_offset(args[17], l.vma_type)) < 0 ||
+        (l.vm_flags = slot_offset(args[18], l.vma_type)) < 0 ||
+        (l.vm_pgoff = slot_offset(args[19], l.vma_type)) < 0 ||
+        (l.vm_anon_vma = slot_offset(args[20], l.vma_type)) < 0 ||
+        (l.av_refcount = slot_offset(args[21], l.anon_type)) < 0 ||
+        (l.sn_hlist = slot_offset(args[22], l.stable_type)) < 0 ||
+        (l.sn_hlist_len = slot_offset(args[23], l.stable_type)) < 0 ||
+        (l.wk_memcmps = slot_offset(args[24], l.work_type)) < 0 ||
+        (l.wk_merges = slot_offset(args[25], l.work_type)) < 0)
+        return NULL;
+    l.tree_flags = PyLong_AsLong(args[26]);
+    l.stable_flag = PyLong_AsLong(args[27]);
+    l.vm_mergeable = PyLong_AsUnsignedLongLong(args[28]);
+    l.vm_locked = PyLong_AsUnsignedLongLong(args[29]);
+    l.mapping_anon = PyLong_AsLong(args[30]);
+    l.mapping_ksm = PyLong_AsLong(args[31]);
+    l.pg_locked = PyLong_AsLong(args[32]);
+    l.pg_dirty = PyLong_AsLong(args[33]);
+    l.pg_swapcache = PyLong_AsLong(args[34]);
+    l.present_mask = PyLong_AsUnsignedLongLong(args[35]);
+    l.present = PyLong_AsUnsignedLongLong(args[36]);
+    l.pte_rw = PyLong_AsUnsignedLongLong(args[37]);
+    l.pte_dirty = PyLong_AsUnsignedLongLong(args[38]);
+    l.pte_accessed = PyLong_AsUnsignedLongLong(args[39]);
+    l.ptrs_per_pte = PyLong_AsLong(args[40]);
+    l.page_shift = PyLong_AsLong(args[41]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!(l.s_work = PyUnicode_InternFromString("work")) ||
+        !(l.s_machine = PyUnicode_InternFromString("machine")) ||
+        !(l.s_wp_dirty = PyUnicode_InternFromString("_wp_dirty")) ||
+        !(l.s_sharing = PyUnicode_InternFromString("ksm_pages_sharing")) ||
+        !(l.s_shared = PyUnicode_InternFromString("ksm_pages_shared")) ||
+        !(l.s_nr_anon = PyUnicode_InternFromString("nr_anon_pages")))
+        return NULL;
+    for (i = 0; i < 6; i++)
+        Py_INCREF(args[i]);
+    l.ready = 1;
+    merge_layout = l;
+    Py_RETURN_NONE;
+}
+
+#define MSLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
+
+/* An int field of a PageBase as a long (-1 with an error set: check *err). */
+static inline long
+pb_long(PyObject *v, int *err)
+{
+    long x;
+    if (v == NULL || !PyLong_Check(v)) {
+        PyErr_SetString(PyExc_TypeError, "merge_fused: a page field holds no int");
+        *err = 1;
+        return -1;
+    }
+    x = PyLong_AsLong(v);
+    if (x == -1 && PyErr_Occurred())
+        *err = 1;
+    return x;
+}
+
+/* Store a long in a PageBase field. */
+static inline int
+pb_set(PyObject **field, long x)
+{
+    PyObject *v = PyLong_FromLong(x), *old;
+    if (v == NULL)
+        return -1;
+    old = *field;
+    *field = v;
+    Py_XDECREF(old);
+    return 0;
+}
+
+/* Add delta to an int attribute of an ordinary object (ksm's counters, machine's). */
+static int
+attr_add(PyObject *obj, PyObject *name, long delta)
+{
+    PyObject *v = PyObject_GetAttr(obj, name), *w;
+    long x;
+    int r;
+    if (v == NULL)
+        return -1;
+    x = PyLong_AsLong(v);
+    Py_DECREF(v);
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    w = PyLong_FromLong(x + delta);
+    if (w == NULL)
+        return -1;
+    r = PyObject_SetAttr(obj, name, w);
+    Py_DECREF(w);
+    return r;
+}
+
+/* Add delta to an int slot. */
+static inline int
+slot_add(PyObject *obj, Py_ssize_t off, long delta)
+{
+    int err = 0;
+    long x = scan_long(obj, off, &err);
+    if (err)
+        return -1;
+    return scan_set_long(obj, off, x + delta);
+}
+
+PyDoc_STRVAR(merge_fused_doc,
+"merge_fused(ksm, rmap_item, page, kpage, /)\n"
+"--\n"
+"\n"
+"Ksm.merge_with_ksm_page_fused(): merge page into kpage in one step when the\n"
+"common case's conditions hold (True), else change nothing (False).");
+
+static PyObject *
+speedups_merge_fused(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *ksm, *item, *mm, *vma, *anon_vma, *node, *pgd, *key, *table, *work = NULL;
+    PyObject *wp = NULL, *first;
+    PageBaseObject *page, *kpage;
+    Py_buffer view;
+    long address, addr, vm_start, vm_end, vm_pgoff, users, pflags, kflags, count, mapcount;
+    long kmapcount, swapped;
+    unsigned long long vm_flags, pte, newpte;
+    Py_ssize_t idx;
+    int err = 0, dirty, c, ok = 0;
+    (void)module;
+    if (!merge_layout.ready || !layout.ready) {
+        PyErr_SetString(PyExc_RuntimeError, "merge_fused() before merge_setup()");
+        return NULL;
+    }
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "merge_fused() takes exactly 4 arguments");
+        return NULL;
+    }
+    ksm = args[0];
+    item = args[1];
+    if (!PyObject_TypeCheck(item, merge_layout.item_type) ||
+        !PyObject_TypeCheck(args[2], &PageBase_Type) ||
+        !PyObject_TypeCheck(args[3], &PageBase_Type)) {
+        PyErr_SetString(PyExc_TypeError, "merge_fused: an rmap_item and two frames");
+        return NULL;
+    }
+    page = (PageBaseObject *)args[2];
+    kpage = (PageBaseObject *)args[3];
+    mm = MSLOT(item, merge_layout.it_mm);
+    if (mm == NULL || !PyObject_TypeCheck(mm, merge_layout.mm_type)) {
+        PyErr_SetString(PyExc_TypeError, "merge_fused: rmap_item.mm is not an mm");
+        return NULL;
+    }
+    address = scan_long(item, merge_layout.it_address, &err);
+    users = err ? 0 : scan_long(mm, merge_layout.mm_users, &err);
+    if (err)
+        return NULL;
+    if ((address & merge_layout.tree_flags) || users == 0)
+        Py_RETURN_FALSE;
+    addr = address & ~((1L << merge_layout.page_shift) - 1);
+    vma = MSLOT(mm, merge_layout.mm_cache);
+    if (vma == NULL || vma == Py_None)
+        Py_RETURN_FALSE;
+    if (!PyObject_TypeCheck(vma, merge_layout.vma_type)) {
+        PyErr_SetString(PyExc_TypeError, "merge_fused: mmap_cache is not an area");
+        return NULL;
+    }
+    vm_start = scan_long(vma, merge_layout.vm_start, &err);
+    vm_end = err ? 0 : scan_long(vma, merge_layout.vm_end, &err);
+    if (err)
+        return NULL;
+    if (!(vm_start <= addr && addr < vm_end))
+        Py_RETURN_FALSE;
+    {
+        PyObject *f = MSLOT(vma, merge_layout.vm_flags);
+        if (f == NULL || !PyLong_Check(f)) {
+            PyErr_SetString(PyExc_TypeError, "merge_fused: vm_flags holds no int");
+            return NULL;
+        }
+        vm_flags = PyLong_AsUnsignedLongLong(f);
+        if (vm_flags == (unsigned long long)-1 && PyErr_Occurred())
+            return NULL;
+    }
+    anon_vma = MSLOT(vma, merge_layout.vm_anon_vma);
+    if (anon_vma == NULL)
+        return PyErr_Format(PyExc_AttributeError, "merge_fused: unset anon_vma");
+    if ((vm_flags & (merge_layout.vm_mergeable | merge_layout.vm_locked)) !=
+            merge_layout.vm_mergeable || anon_vma == Py_None)
+        Py_RETURN_FALSE;
+    node = kpage->mapping;
+    kflags = pb_long(kpage->flags, &err);
+    c = err ? 0 : (int)pb_long(kpage->mapping_flags, &err);
+    if (err)
+        return NULL;
+    if (page == kpage || c != merge_layout.mapping_ksm || node == NULL || node == Py_None ||
+        (kflags & merge_layout.pg_locked))
+        Py_RETURN_FALSE;
+    if (!PyObject_TypeCheck(node, merge_layout.stable_type)) {
+        PyErr_SetString(PyExc_TypeError, "merge_fused: a KSM page's mapping is no stable node");
+        return NULL;
+    }
+    c = (int)pb_long(page->mapping_flags, &err);
+    pflags = err ? 0 : pb_long(page->flags, &err);
+    count = err ? 0 : pb_long(page->count, &err);
+    vm_pgoff = err ? 0 : scan_long(vma, merge_layout.vm_pgoff, &err);
+    if (err)
+        return NULL;
+    if (c != merge_layout.mapping_anon || page->mapping != anon_vma ||
+        (pflags & merge_layout.pg_locked) || count < 2 ||
+        vm_start + (page->index - vm_pgoff) * (1L << merge_layout.page_shift) != addr)
+        Py_RETURN_FALSE;
+    pgd = MSLOT(mm, merge_layout.mm_pgd);
+    if (pgd == NULL || !PyDict_Check(pgd)) {
+        PyErr_SetString(PyExc_TypeError, "merge_fused: mm.pgd is not a dict");
+        return NULL;
+    }
+    key = PyLong_FromLong((addr >> merge_layout.page_shift) >> 9);
+    if (key == NULL)
+        return NULL;
+    table = PyDict_GetItemWithError(pgd, key);
+    Py_DECREF(key);
+    if (table == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_FALSE;
+    }
+    if (PyObject_GetBuffer(table, &view, PyBUF_WRITABLE) < 0)
+        return NULL;
+    idx = (addr >> merge_layout.page_shift) & (merge_layout.ptrs_per_pte - 1);
+    if (view.len != merge_layout.ptrs_per_pte * 8) {
+        PyErr_SetString(PyExc_TypeError, "merge_fused: a pte table of 512 64-bit entries");
+        goto done;
+    }
+    pte = ((unsigned long long *)view.buf)[idx];
+    if ((pte & merge_layout.present_mask) != merge_layout.present ||
+        (pte >> merge_layout.page_shift) != page->pfn) {
+        ok = 0;
+        goto done_ok;
+    }
+    wp = PyObject_GetAttr(ksm, merge_layout.s_wp_dirty);
+    if (wp == NULL)
+        goto done;
+    dirty = PyObject_IsTrue(wp);
+    if (dirty < 0)
+        goto done;
+    dirty = dirty && (pte & merge_layout.pte_dirty);
+    if ((pte & merge_layout.pte_rw) || dirty) {
+        mapcount = pb_long(page->mapcount, &err);
+        if (err)
+            goto done;
+        swapped = (pflags & merge_layout.pg_swapcache) ? 1 : 0;
+        if (mapcount + 1 + swapped != count) {
+            ok = 0;
+            goto done_ok;
+        }
+    }
+    if (page->data == NULL || kpage->data == NULL || page->data == Py_None ||
+        kpage->data == Py_None) {
+        ok = 0;
+        goto done_ok;
+    }
+    c = contents_cmp(page->data, kpage->data);
+    if (c == -2)
+        goto done;
+    if (c != 0) {
+        ok = 0;
+        goto done_ok;
+    }
+    /* Every condition holds: from here on the merge is made. */
+    mapcount = pb_long(page->mapcount, &err);
+    kmapcount = err ? 0 : pb_long(kpage->mapcount, &err);
+    {
+        long kcount = err ? 0 : pb_long(kpage->count, &err);
+        if (err)
+            goto done;
+        work = PyObject_GetAttr(ksm, merge_layout.s_work);
+        if (work == NULL)
+            goto done;
+        if (!PyObject_TypeCheck(work, merge_layout.work_type)) {
+            PyErr_SetString(PyExc_TypeError, "merge_fused: ksm.work is not a KsmWork");
+            goto done;
+        }
+        if (dirty && pb_set(&page->flags, pflags | merge_layout.pg_dirty) < 0)
+            goto done;
+        if (slot_add(work, merge_layout.wk_memcmps, 1) < 0)
+            goto done;
+        /* kpage gains a reference and a mapping (and loses the search's reference below). */
+        if (pb_set(&kpage->mapcount, kmapcount + 1) < 0)
+            goto done;
+        if (kmapcount + 1 == 1) {
+            PyObject *machine = PyObject_GetAttr(ksm, merge_layout.s_machine);
+            int r;
+            if (machine == NULL)
+                goto done;
+            r = attr_add(machine, merge_layout.s_nr_anon, 1);
+            Py_DECREF(machine);
+            if (r < 0)
+                goto done;
+        }
+        newpte = ((unsigned long long)kpage->pfn << merge_layout.page_shift) |
+                 merge_layout.present | merge_layout.pte_accessed;
+        ((unsigned long long *)view.buf)[idx] = newpte;
+        if (pb_set(&page->mapcount, mapcount - 1) < 0)
+            goto done;
+        if (mapcount - 1 == 0) {
+            PyObject *machine = PyObject_GetAttr(ksm, merge_layout.s_machine);
+            int r;
+            if (machine == NULL)
+                goto done;
+            r = attr_add(machine, merge_layout.s_nr_anon, -1);
+            Py_DECREF(machine);
+            if (r < 0)
+                goto done;
+        }
+        if (pb_set(&page->count, count - 1) < 0)
+            goto done;
+        if (slot_add(work, merge_layout.wk_merges, 1) < 0)
+            goto done;
+        /* hold_anon_vma() */
+        scan_set(item, merge_layout.it_anon_vma, anon_vma);
+        if (slot_add(anon_vma, merge_layout.av_refcount, 1) < 0)
+            goto done;
+        /* stable_tree_append() */
+        if (slot_add(node, merge_layout.sn_hlist_len, 1) < 0)
+            goto done;
+        scan_set(item, merge_layout.it_head, node);
+        if (scan_set_long(item, merge_layout.it_address, address | merge_layout.stable_flag) < 0)
+            goto done;
+        first = MSLOT(node, merge_layout.sn_hlist);
+        if (first == NULL) {
+            PyErr_SetString(PyExc_AttributeError, "merge_fused: unset hlist");
+            goto done;
+        }
+        Py_INCREF(first);
+        scan_set(item, merge_layout.it_hnext, first);
+        scan_set(item, merge_layout.it_hprev, Py_None);
+        if (first != Py_None) {
+            scan_set(first, merge_layout.it_hprev, item);
+            Py_DECREF(first);
+            if (attr_add(ksm, merge_layout.s_sharing, 1) < 0)
+                goto done;
+        } else {
+            Py_DECREF(first);
+            if (attr_add(ksm, merge_layout.s_shared, 1) < 0)
+                goto done;
+        }
+        scan_set(node, merge_layout.sn_hlist, item);
+        if (slot_add(mm, merge_layout.mm_merging, 1) < 0)
+            goto done;
+        /* put_page(kpage): the search's reference; get_page() above took one. */
+        if (pb_set(&kpage->count, kcount) < 0)
+            goto done;
+    }
+    ok = 1;
+done_ok:
+    PyBuffer_Release(&view);
+    Py_XDECREF(wp);
+    Py_XDECREF(work);
+    if (ok)
+        Py_RETURN_TRUE;
+    Py_RETURN_FALSE;
+done:
+    PyBuffer_Release(&view);
+    Py_XDECREF(wp);
+    Py_XDECREF(work);
+    return NULL;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"jhash2", (PyCFunction)(void (*)(void))speedups_jhash2, METH_FASTCALL, jhash2_doc},
     {"tree_setup", (PyCFunction)(void (*)(void))speedups_tree_setup, METH_FASTCALL,
@@ -1793,6 +2219,10 @@ static PyMethodDef speedups_methods[] = {
     {"scan_ptes", (PyCFunction)(void (*)(void))speedups_scan_ptes, METH_FASTCALL, scan_ptes_doc},
     {"rb_insert_color", (PyCFunction)(void (*)(void))speedups_rb_insert_color, METH_FASTCALL,
      rb_insert_color_doc},
+    {"merge_setup", (PyCFunction)(void (*)(void))speedups_merge_setup, METH_FASTCALL,
+     merge_setup_doc},
+    {"merge_fused", (PyCFunction)(void (*)(void))speedups_merge_fused, METH_FASTCALL,
+     merge_fused_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -26,6 +26,7 @@ from ksmsim.kernel.ksm_shortcuts import (
     Shortcuts,
     default_shortcuts,
     dup_skip_function,
+    fused_merge_function,
     insert_color_function,
     scan_ptes_function,
     skip_functions,
@@ -43,6 +44,7 @@ from ksmsim.kernel.mm import (
     _PAGE_ACCESSED,
     _PAGE_DIRTY,
     _PAGE_PRESENT,
+    _PAGE_RW,
     _PAGE_SPECIAL,
     MMF_VM_MERGE_ANY,
     MMF_VM_MERGEABLE,
@@ -403,6 +405,7 @@ class Ksm:
         """Deliberate bugs the interleaving explorer may switch on (``ksmsim check --mutation``);
         empty in every ordinary run."""
         self._checksum_first = profile.checksum_before_stable_tree
+        self._wp_dirty = profile.write_protect_dirty_ptes  # for the C twin of the fused merge
         self.set_shortcuts(default_shortcuts())
 
     def set_shortcuts(self, shortcuts: Shortcuts) -> None:
@@ -413,6 +416,9 @@ class Ksm:
         self._dup_skip = dup_skip_function(shortcuts)
         self._content_checksum = shortcuts.content_checksum and shortcuts.c_helpers
         self._scan_ptes_fn = scan_ptes_function(shortcuts) or Ksm._scan_ptes
+        self._fused_merge = fused_merge_function(shortcuts) or (
+            Ksm.merge_with_ksm_page_fused if shortcuts.fused_merge else None
+        )
         # The zone's map_generation when the unstable tree was last emptied (-1: never).
         self._unstable_generation = -1
         # The VMA loop that found the page scan_get_next_rmap_item() returned last, for the
@@ -1264,6 +1270,93 @@ class Ksm:
         self.hold_anon_vma(rmap_item, vma.anon_vma)
         return 0
 
+    def merge_with_ksm_page_fused(self, rmap_item: RmapItem, page: Page, kpage: Page) -> bool:
+        """Merge the item's page into the KSM page the stable tree search found, as
+        cmp_and_merge_page() does with try_to_merge_with_ksm_page(), stable_tree_append() and
+        the put of ``kpage``, in one step; or return False, having changed nothing, when the
+        common case's conditions do not hold (shortcut ``fused_merge``; the C twin is
+        ``merge_fused`` of ksmsim._speedups).
+
+        The conditions make every test of the exact steps come out the way that merges: the
+        item in no tree (so remove_rmap_item_from_tree() does nothing), its mm alive and its
+        area the mm's cached one (find_vma() then returns it without a lookup), mergeable,
+        not mlocked, with an anon_vma; ``kpage`` a KSM page with a node, unlocked (so
+        lock_page() does not wait) and not the page itself; the page anonymous for that
+        anon_vma, unlocked, at the item's address by its index, with a reference besides
+        the one dropped here, mapped there by a present pte; if the pte is writable (or
+        dirty, with write_protect_dirty_ptes) the counts write_protect_page() requires; and
+        equal contents. The exact steps then leave exactly what this does: a memcmp and a
+        merge counted, PG_dirty from a dirty pte (6.x), the pte pointing read-only at
+        ``kpage`` (the intermediate values set_pte_at() wrote are overwritten), the mappings
+        and references moved, the anon_vma held and the item appended to the node; the
+        page and ``kpage`` locks taken and released leave their flags as they were.
+        """
+        mm = rmap_item.mm
+        address = rmap_item.address
+        if address & (STABLE_FLAG | UNSTABLE_FLAG) or mm.mm_users == 0:
+            return False
+        addr = address & PAGE_MASK
+        vma = mm.mmap_cache
+        if vma is None or not vma.vm_start <= addr < vma.vm_end:
+            return False
+        anon_vma = vma.anon_vma
+        if vma.vm_flags & (VM_MERGEABLE | VM_LOCKED) != VM_MERGEABLE or anon_vma is None:
+            return False
+        node = kpage.mapping
+        if (
+            page is kpage
+            or kpage.mapping_flags != PAGE_MAPPING_FLAGS
+            or node is None
+            or kpage.flags & PG_locked
+        ):
+            return False
+        if (
+            page.mapping_flags != PAGE_MAPPING_ANON
+            or page.mapping is not anon_vma
+            or page.flags & PG_locked
+            or page.count < 2
+            or vma.vm_start + ((page.index - vma.vm_pgoff) << PAGE_SHIFT) != addr
+        ):
+            return False
+        vpn = addr >> PAGE_SHIFT
+        table = mm.pgd.get(vpn >> 9)
+        if table is None:
+            return False
+        idx = vpn & (PTRS_PER_PTE - 1)
+        pte = table[idx]
+        if pte & _ANON_PRESENT_MASK != _PAGE_PRESENT or pte >> PAGE_SHIFT != page.pfn:
+            return False
+        dirty = self.profile.write_protect_dirty_ptes and pte & _PAGE_DIRTY
+        if pte & _PAGE_RW or dirty:
+            swapped = 1 if page.flags & PG_swapcache else 0
+            if page.mapcount + 1 + swapped != page.count:
+                return False
+        if page.data != kpage.data:
+            return False
+        # write_protect_page(): a dirty pte's dirt passes to the page (6.x).
+        if dirty:
+            page.flags |= PG_dirty
+        # replace_page().
+        work = self.work
+        work.memcmps += 1
+        kpage.count += 1
+        kpage.mapcount += 1
+        if kpage.mapcount == 1:
+            self.machine.nr_anon_pages += 1
+        table[idx] = (kpage.pfn << PAGE_SHIFT) | _PAGE_PRESENT | _PAGE_ACCESSED
+        page.mapcount -= 1
+        if page.mapcount == 0:
+            self.machine.nr_anon_pages -= 1
+        page.count -= 1
+        work.merges += 1
+        # try_to_merge_with_ksm_page(): hold_anon_vma().
+        rmap_item.anon_vma = anon_vma
+        anon_vma.ksm_refcount += 1
+        # cmp_and_merge_page(): stable_tree_append() under the page lock, then put_page().
+        self.stable_tree_append(rmap_item, node)
+        kpage.count -= 1
+        return True
+
     def try_to_merge_two_pages(
         self, rmap_item: RmapItem, page: Page, tree_rmap_item: RmapItem, tree_page: Page
     ) -> Page | None:
@@ -1409,6 +1502,16 @@ class Ksm:
         if found is not None:
             assert isinstance(found, Page)
             kpage = found
+            fused = self._fused_merge
+            if (
+                fused is not None
+                and machine.preempt is None
+                and not self.mutations
+                and fused(self, rmap_item, page, kpage)
+            ):
+                # Shortcut fused_merge: the steps below, in one call, for the common case
+                # (see merge_with_ksm_page_fused()).
+                return
             err = self.try_to_merge_with_ksm_page(rmap_item, page, kpage)
             if not err:
                 machine.lock_page(kpage)

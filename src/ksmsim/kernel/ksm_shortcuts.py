@@ -58,6 +58,19 @@ with ``-`` to switch it off, applied to ``all``, e.g. ``-c_helpers`` or ``none,s
     computes once (with the profile's checksum function) and keeps: it is a function of the
     contents alone, and every frame holding the object shares it. The work counted is the
     same (a checksum whenever the frame's own cache misses). Needs ``c_helpers``.
+``fused_merge``
+    cmp_and_merge_page() merges a page into the KSM page the stable tree search found in one
+    step (Ksm.merge_with_ksm_page_fused(), beside try_to_merge_with_ksm_page()) when every
+    test of try_to_merge_with_ksm_page(), try_to_merge_one_page(), write_protect_page() and
+    replace_page() would come out the way that merges and neither page is locked: the item
+    in no tree, its area the mm's cached one, mergeable and not mlocked, the page anonymous
+    in that area's anon_vma at the item's address, mapped by a present pte, with the counts
+    write_protect_page() requires and a reference to spare, ``kpage`` a KSM page with a node,
+    and equal contents. Those steps then do exactly what the fused step does (the same work
+    counted, the same pte, counts, flags, anon_vma hold and hlist); the locks they take and
+    release leave the flags as they were, and the pte values they write on the way are
+    overwritten. The conditions are tested before anything changes; when one fails the exact
+    steps run. Its C twin (``c_helpers``) makes the same tests and changes.
 ``gc_pause``
     Python's cyclic garbage collector is paused during a ksmd batch and a batch of writes
     (``pause_gc``). The model allocates many objects there and frees them by reference
@@ -117,6 +130,7 @@ class Shortcuts:
     fill_batch: bool = True
     lazy_contents: bool = True
     content_checksum: bool = True
+    fused_merge: bool = True
     gc_pause: bool = True
     c_helpers: bool = True
 
@@ -287,6 +301,7 @@ rb_insert_color_c: Callable[[Any, Any], None] | None = None
 DupSkip = Callable[[Any, Any, int, int, bool, bool], tuple[Any, Any, int, bool]]
 dup_skip_c: DupSkip | None = None
 scan_ptes_c: Callable[..., Any] | None = None
+merge_fused_c: Callable[..., bool] | None = None
 HAVE_C_HELPERS = False
 
 
@@ -306,13 +321,15 @@ PageText: Any = _page_text_type()
 def _setup_c() -> None:
     """Hand the node and page layouts to the C walks, if the extension was built."""
     global unstable_skip_c, stable_skip_c, dup_skip_c, rb_insert_color_c, scan_ptes_c
+    global merge_fused_c
     global HAVE_C_HELPERS
     try:
         from ksmsim import _speedups
     except ImportError:  # pragma: no cover - built without a compiler
         return
-    needed = ("tree_setup", "unstable_skip", "stable_skip", "dup_skip", "rb_setup")
-    if not all(hasattr(_speedups, name) for name in (*needed, "scan_setup", "scan_ptes")):
+    needed: tuple[str, ...] = ("tree_setup", "unstable_skip", "stable_skip", "dup_skip", "rb_setup")
+    needed += ("scan_setup", "scan_ptes", "merge_setup", "merge_fused")
+    if not all(hasattr(_speedups, name) for name in needed):
         return  # pragma: no cover - a stale build: the pure-Python twins run
     from ksmsim.kernel.ksm import RmapItem, StableNode
     from ksmsim.kernel.page import Page
@@ -360,6 +377,7 @@ def _setup_c() -> None:
         U8_MAX,
         UNSTABLE_FLAG,
         KsmScan,
+        KsmWork,
         MmSlot,
     )
     from ksmsim.kernel.mm import _PAGE_PRESENT
@@ -387,12 +405,81 @@ def _setup_c() -> None:
         PAGE_MASK & ((1 << 64) - 1),
         STABLE_FLAG | UNSTABLE_FLAG,
     )
+    from ksmsim.kernel.mm import (
+        _PAGE_ACCESSED,
+        _PAGE_DIRTY,
+        _PAGE_RW,
+        _PAGE_SPECIAL,
+        PTRS_PER_PTE,
+        VM_LOCKED,
+        VM_MERGEABLE,
+        MmStruct,
+        VmArea,
+    )
+    from ksmsim.kernel.page import PG_dirty, PG_locked, PG_swapcache
+    from ksmsim.kernel.rmap import AnonVma
+
+    if Page.__base__ is _speedups.PageBase:
+        # The fused merge reads the frame's fields from the C base.
+        _speedups.merge_setup(
+            RmapItem,
+            MmStruct,
+            VmArea,
+            AnonVma,
+            StableNode,
+            KsmWork,
+            descr(RmapItem, "mm"),
+            descr(RmapItem, "address"),
+            descr(RmapItem, "anon_vma"),
+            descr(RmapItem, "head"),
+            descr(RmapItem, "hnext"),
+            descr(RmapItem, "hprev"),
+            descr(MmStruct, "mm_users"),
+            descr(MmStruct, "mmap_cache"),
+            descr(MmStruct, "pgd"),
+            descr(MmStruct, "ksm_merging_pages"),
+            descr(VmArea, "vm_start"),
+            descr(VmArea, "vm_end"),
+            descr(VmArea, "vm_flags"),
+            descr(VmArea, "vm_pgoff"),
+            descr(VmArea, "anon_vma"),
+            descr(AnonVma, "ksm_refcount"),
+            descr(StableNode, "hlist"),
+            descr(StableNode, "rmap_hlist_len"),
+            descr(KsmWork, "memcmps"),
+            descr(KsmWork, "merges"),
+            STABLE_FLAG | UNSTABLE_FLAG,
+            STABLE_FLAG,
+            VM_MERGEABLE,
+            VM_LOCKED,
+            PAGE_MAPPING_ANON,
+            PAGE_MAPPING_FLAGS,
+            PG_locked,
+            PG_dirty,
+            PG_swapcache,
+            _PAGE_PRESENT | _PAGE_SPECIAL,
+            _PAGE_PRESENT,
+            _PAGE_RW,
+            _PAGE_DIRTY,
+            _PAGE_ACCESSED,
+            PTRS_PER_PTE,
+            PAGE_SHIFT,
+        )
+        merge_fused_c = _speedups.merge_fused
     unstable_skip_c = _speedups.unstable_skip
     stable_skip_c = _speedups.stable_skip
     dup_skip_c = _speedups.dup_skip
     rb_insert_color_c = _speedups.rb_insert_color
     scan_ptes_c = _speedups.scan_ptes
     HAVE_C_HELPERS = True
+
+
+def fused_merge_function(shortcuts: Shortcuts) -> Callable[..., bool] | None:
+    """Return the C twin of Ksm.merge_with_ksm_page_fused() with ``fused_merge`` and
+    ``c_helpers``, else None (use the method, or with ``fused_merge`` off, no shortcut)."""
+    if shortcuts.c_helpers and not HAVE_C_HELPERS:
+        _setup_c()
+    return merge_fused_c if shortcuts.fused_merge and shortcuts.c_helpers else None
 
 
 def scan_ptes_function(shortcuts: Shortcuts) -> Callable[..., Any] | None:
