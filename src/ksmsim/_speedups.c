@@ -19,9 +19,14 @@
  *     lib/rbtree.c's insert rebalancing on ksmsim.kernel.rbtree's nodes, as
  *     the pure-Python rb_insert_color there.
  *
- * scan_setup(...), scan_ptes(ksm, mm_slot, table, idx, address, stop, smart)
+ * scan_setup(...), scan_ptes(ksm, mm_slot, table, idx, address, stop, smart[, allow])
  *     The pte loop of ksmd's VMA loop over one pte table, with smart scan's
- *     skipping, as Ksm._scan_ptes in ksm.py.
+ *     skipping, as Ksm._scan_ptes in ksm.py; with allow >= 0 (visit_setup(),
+ *     shortcut first_visit) new items are allocated here, and up to allow
+ *     pages whose checksum changed are taken through their whole ksmd step.
+ *
+ * merge_setup(...), merge_fused(ksm, rmap_item, page, kpage)
+ *     Ksm.merge_with_ksm_page_fused() (shortcut fused_merge).
  *
  * PageText(head, filler, size=4096)
  *     Page contents held as a head and a filler byte, standing for (and
@@ -1389,11 +1394,14 @@ error:
 
 
 /* ---------------------------------------------------------------------------
- * scan_ptes(ksm, mm_slot, table, idx, address, stop, smart): the pte loop of
+ * scan_ptes(ksm, mm_slot, table, idx, address, stop, smart[, allow]): the pte loop of
  * Ksm._scan_mm over one pte table, with smart scan's should_skip_rmap_item(),
  * as Ksm._scan_ptes in ksm.py does it, step for step; Ksm.get_next_rmap_item()
  * and Ksm.remove_rmap_item_from_tree() are called back where that code calls
  * them.  Returns (address, idx, visited, rmap_item or None, page or None).
+ * With allow >= 0 (first_visit) it also allocates new items itself and takes
+ * up to allow pages through their whole ksm_do_scan() step (visit_page()),
+ * counting them in ksm_pages_scanned as that step does.
  * ------------------------------------------------------------------------- */
 
 typedef struct {
@@ -1595,11 +1603,294 @@ scan_should_skip(PyObject *ksm, PyObject *item)
     return 1;
 }
 
-PyDoc_STRVAR(scan_ptes_doc,
-"scan_ptes(ksm, mm_slot, table, idx, address, stop, smart, /)\n"
+static inline long pb_long(PyObject *v, int *err);
+static inline int pb_set(PyObject **field, long x);
+
+/* ---------------------------------------------------------------------------
+ * The first_visit shortcut of scan_ptes (Ksm._scan_mm): get_next_rmap_item()'s
+ * allocation of a new item where it prunes nothing, and the whole of a
+ * ksm_do_scan() step for a page whose checksum has changed since its item's
+ * last visit (nothing but the checksum and its bookkeeping happens then).
+ * ------------------------------------------------------------------------- */
+
+typedef struct {
+    int ready;
+    PyTypeObject *work_type, *mm_type;
+    Py_ssize_t it_parent, it_left, it_right, it_red, it_mm, it_oldcsum, it_anon_vma;
+    Py_ssize_t it_head, it_hnext, it_hprev, it_tree_page;
+    Py_ssize_t wk_scanned, wk_checksums, wk_items, mm_rmap_items;
+    long ksm_flags;
+    PyObject *s_work, *s_mm, *s_rmap_items, *s_pages_scanned, *s_content, *s_calc;
+} visit_layout_t;
+
+static visit_layout_t visit_layout;
+
+PyDoc_STRVAR(visit_setup_doc,
+"visit_setup(work, mm, descriptors..., ksm_flags, /)\n"
 "--\n"
 "\n"
-"The pte loop of Ksm._scan_mm over one pte table, as Ksm._scan_ptes.");
+"Tell scan_ptes's first_visit shortcut the slots of new items and the counters.");
+
+static PyObject *
+speedups_visit_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    visit_layout_t l;
+    (void)module;
+    if (!scan_layout.ready) {
+        PyErr_SetString(PyExc_RuntimeError, "visit_setup() before scan_setup()");
+        return NULL;
+    }
+    if (nargs != 18) {
+        PyErr_SetString(PyExc_TypeError, "visit_setup() takes exactly 18 arguments");
+        return NULL;
+    }
+    if (!PyType_Check(args[0]) || !PyType_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "visit_setup: the first two arguments are classes");
+        return NULL;
+    }
+    l.work_type = (PyTypeObject *)args[0];
+    l.mm_type = (PyTypeObject *)args[1];
+    if ((l.it_parent = slot_offset(args[2], scan_layout.item_type)) < 0 ||
+        (l.it_left = slot_offset(args[3], scan_layout.item_type)) < 0 ||
+        (l.it_right = slot_offset(args[4], scan_layout.item_type)) < 0 ||
+        (l.it_red = slot_offset(args[5], scan_layout.item_type)) < 0 ||
+        (l.it_mm = slot_offset(args[6], scan_layout.item_type)) < 0 ||
+        (l.it_oldcsum = slot_offset(args[7], scan_layout.item_type)) < 0 ||
+        (l.it_anon_vma = slot_offset(args[8], scan_layout.item_type)) < 0 ||
+        (l.it_head = slot_offset(args[9], scan_layout.item_type)) < 0 ||
+        (l.it_hnext = slot_offset(args[10], scan_layout.item_type)) < 0 ||
+        (l.it_hprev = slot_offset(args[11], scan_layout.item_type)) < 0 ||
+        (l.it_tree_page = slot_offset(args[12], scan_layout.item_type)) < 0 ||
+        (l.wk_scanned = slot_offset(args[13], l.work_type)) < 0 ||
+        (l.wk_checksums = slot_offset(args[14], l.work_type)) < 0 ||
+        (l.wk_items = slot_offset(args[15], l.work_type)) < 0 ||
+        (l.mm_rmap_items = slot_offset(args[16], l.mm_type)) < 0)
+        return NULL;
+    l.ksm_flags = PyLong_AsLong(args[17]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!(l.s_work = PyUnicode_InternFromString("work")) ||
+        !(l.s_mm = PyUnicode_InternFromString("mm")) ||
+        !(l.s_rmap_items = PyUnicode_InternFromString("ksm_rmap_items")) ||
+        !(l.s_pages_scanned = PyUnicode_InternFromString("ksm_pages_scanned")) ||
+        !(l.s_content = PyUnicode_InternFromString("_content_checksum")) ||
+        !(l.s_calc = PyUnicode_InternFromString("_calc")))
+        return NULL;
+    Py_INCREF(l.work_type);
+    Py_INCREF(l.mm_type);
+    l.ready = 1;
+    visit_layout = l;
+    Py_RETURN_NONE;
+}
+
+/* What a scan_ptes call with first_visit on carries from page to page. */
+typedef struct {
+    PyObject *ksm, *mm_slot, *work, *mm, *calc;
+    int content, ready;
+    long allow, allocated, scanned;
+} visit_ctx;
+
+/* Look up, once a call needs them, the objects the shortcut works with: 0, or -1 on error. */
+static int
+visit_ctx_ready(visit_ctx *ctx)
+{
+    PyObject *content;
+    if (ctx->ready)
+        return 0;
+    ctx->work = PyObject_GetAttr(ctx->ksm, visit_layout.s_work);
+    ctx->mm = PyObject_GetAttr(ctx->mm_slot, visit_layout.s_mm);
+    ctx->calc = PyObject_GetAttr(ctx->ksm, visit_layout.s_calc);
+    content = PyObject_GetAttr(ctx->ksm, visit_layout.s_content);
+    if (ctx->work == NULL || ctx->mm == NULL || ctx->calc == NULL || content == NULL) {
+        Py_XDECREF(content);
+        return -1;
+    }
+    ctx->content = PyObject_IsTrue(content);
+    Py_DECREF(content);
+    if (ctx->content < 0)
+        return -1;
+    if (!PyObject_TypeCheck(ctx->work, visit_layout.work_type) ||
+        !PyObject_TypeCheck(ctx->mm, visit_layout.mm_type)) {
+        PyErr_SetString(PyExc_TypeError, "scan_ptes: ksm.work or mm_slot.mm of the wrong type");
+        return -1;
+    }
+    ctx->ready = 1;
+    return 0;
+}
+
+/* Add delta to an int attribute of an ordinary object. */
+static int
+visit_attr_add(PyObject *obj, PyObject *name, long delta)
+{
+    PyObject *v, *w;
+    long x;
+    int r;
+    if (delta == 0)
+        return 0;
+    v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    x = PyLong_AsLong(v);
+    Py_DECREF(v);
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    w = PyLong_FromLong(x + delta);
+    if (w == NULL)
+        return -1;
+    r = PyObject_SetAttr(obj, name, w);
+    Py_DECREF(w);
+    return r;
+}
+
+/* Add delta to an int slot. */
+static inline int
+visit_slot_add(PyObject *obj, Py_ssize_t off, long delta)
+{
+    int err = 0;
+    long x = scan_long(obj, off, &err);
+    if (err)
+        return -1;
+    return scan_set_long(obj, off, x + delta);
+}
+
+/* Store a link's rmap_list slot (a slot or an item). */
+static inline void
+link_set_next(PyObject *link, PyObject *v)
+{
+    if (PyObject_TypeCheck(link, scan_layout.item_type))
+        scan_set(link, scan_layout.it_rmap_list, v);
+    else
+        scan_set(link, scan_layout.sl_rmap_list, v);
+}
+
+/* alloc_rmap_item() and the linking get_next_rmap_item() does after it: a new item for
+ * address after link, counted (ksm's own count is added when the call returns).  A new
+ * reference, or NULL with an error set. */
+static PyObject *
+visit_alloc_item(visit_ctx *ctx, PyObject *link, PyObject *next, unsigned long long address)
+{
+    PyTypeObject *t = scan_layout.item_type;
+    PyObject *o, *addr, *zero;
+    if (visit_ctx_ready(ctx) < 0)
+        return NULL;
+    addr = PyLong_FromUnsignedLongLong(address);
+    if (addr == NULL)
+        return NULL;
+    o = t->tp_alloc(t, 0);
+    if (o == NULL) {
+        Py_DECREF(addr);
+        return NULL;
+    }
+    zero = PyLong_FromLong(0);
+    /* RmapItem.__init__(), slot by slot. */
+    scan_set(o, visit_layout.it_parent, Py_None);
+    scan_set(o, visit_layout.it_left, Py_None);
+    scan_set(o, visit_layout.it_right, Py_None);
+    scan_set(o, visit_layout.it_red, Py_False);
+    scan_set(o, visit_layout.it_mm, ctx->mm);
+    scan_set(o, scan_layout.it_address, addr);
+    scan_set(o, visit_layout.it_oldcsum, zero);
+    scan_set(o, scan_layout.it_rmap_list, Py_None);
+    scan_set(o, visit_layout.it_anon_vma, Py_None);
+    scan_set(o, visit_layout.it_head, Py_None);
+    scan_set(o, visit_layout.it_hnext, Py_None);
+    scan_set(o, visit_layout.it_hprev, Py_None);
+    scan_set(o, scan_layout.it_age, zero);
+    scan_set(o, scan_layout.it_skips, zero);
+    scan_set(o, visit_layout.it_tree_page, Py_None);
+    Py_DECREF(zero);
+    Py_DECREF(addr);
+    if (visit_slot_add(ctx->mm, visit_layout.mm_rmap_items, 1) < 0 ||
+        visit_slot_add(ctx->work, visit_layout.wk_items, 1) < 0) {
+        Py_DECREF(o);
+        return NULL;
+    }
+    ctx->allocated++;
+    scan_set(o, scan_layout.it_rmap_list, next);
+    link_set_next(link, o);
+    return o;
+}
+
+/* The rest of a ksm_do_scan() step for a page found with its item, when cmp_and_merge_page()
+ * would only note a changed checksum: 1 when done (the page's reference dropped), 0 when the
+ * exact path must go on (the checksum, if computed, left in the frame's cache, where
+ * cmp_and_merge_page() finds it), -1 on error. */
+static int
+visit_page(visit_ctx *ctx, PyObject *item, PyObject *page_obj)
+{
+    PageBaseObject *page = (PageBaseObject *)page_obj;
+    PyObject *data, *csum, *old;
+    long flags, count, address;
+    int err = 0, eq;
+    flags = pb_long(page->mapping_flags, &err);
+    count = err ? 0 : pb_long(page->count, &err);
+    address = err ? 0 : scan_long(item, scan_layout.it_address, &err);
+    if (err)
+        return -1;
+    /* A KSM page, an item in a tree, or the last reference: the exact path. */
+    if (flags == visit_layout.ksm_flags || (address & scan_layout.tree_flags) || count <= 1)
+        return 0;
+    data = page->data;
+    if (data == NULL || data == Py_None)
+        return 0;
+    if (visit_ctx_ready(ctx) < 0)
+        return -1;
+    /* calc_checksum(), with the frame's cache and content_checksum. */
+    if (page->csum_of == data && page->csum != NULL) {
+        csum = page->csum;
+        Py_INCREF(csum);
+    } else {
+        if (visit_slot_add(ctx->work, visit_layout.wk_checksums, 1) < 0)
+            return -1;
+        if (ctx->content && Py_IS_TYPE(data, &PageText_Type))
+            csum = pagetext_checksum((PageTextObject *)data, ctx->calc);
+        else
+            csum = PyObject_CallOneArg(ctx->calc, data);
+        if (csum == NULL)
+            return -1;
+        Py_INCREF(csum);
+        Py_XSETREF(page->csum, csum);
+        Py_INCREF(data);
+        Py_XSETREF(page->csum_of, data);
+    }
+    old = *(PyObject **)((char *)item + visit_layout.it_oldcsum);
+    if (old == NULL) {
+        Py_DECREF(csum);
+        PyErr_SetString(PyExc_AttributeError, "scan_ptes: unset oldchecksum");
+        return -1;
+    }
+    eq = PyObject_RichCompareBool(old, csum, Py_EQ);
+    if (eq != 0) {
+        Py_DECREF(csum);
+        return eq < 0 ? -1 : 0;
+    }
+    scan_set(item, visit_layout.it_oldcsum, csum);
+    Py_DECREF(csum);
+    /* ksm_do_scan(): the page counted as scanned and its reference dropped. */
+    if (visit_slot_add(ctx->work, visit_layout.wk_scanned, 1) < 0 ||
+        pb_set(&page->count, count - 1) < 0)
+        return -1;
+    ctx->scanned++;
+    return 1;
+}
+
+/* Add the counts kept during a call to ksm's attributes. */
+static int
+visit_flush(visit_ctx *ctx)
+{
+    if (visit_attr_add(ctx->ksm, visit_layout.s_rmap_items, ctx->allocated) < 0 ||
+        visit_attr_add(ctx->ksm, visit_layout.s_pages_scanned, ctx->scanned) < 0)
+        return -1;
+    ctx->allocated = ctx->scanned = 0;
+    return 0;
+}
+
+PyDoc_STRVAR(scan_ptes_doc,
+"scan_ptes(ksm, mm_slot, table, idx, address, stop, smart, allow=-1, /)\n"
+"--\n"
+"\n"
+"The pte loop of Ksm._scan_mm over one pte table, as Ksm._scan_ptes; with\n"
+"allow >= 0, the first_visit shortcut too (up to allow pages consumed).");
 
 static PyObject *
 speedups_scan_ptes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -1611,14 +1902,32 @@ speedups_scan_ptes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     unsigned long long address, stop, pte;
     long visited = 0, flags, count, item_addr;
     int smart, err = 0, have_view = 0, skip;
+    visit_ctx ctx;
     (void)module;
+    ctx.allow = -1;
+    ctx.ready = 0;
+    ctx.work = ctx.mm = ctx.calc = NULL;
+    ctx.allocated = ctx.scanned = 0;
     if (!scan_layout.ready) {
         PyErr_SetString(PyExc_RuntimeError, "scan_ptes() before scan_setup()");
         return NULL;
     }
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "scan_ptes() takes exactly 7 arguments");
+    if (nargs != 7 && nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "scan_ptes() takes 7 or 8 arguments");
         return NULL;
+    }
+    ctx.ksm = args[0];
+    ctx.mm_slot = args[1];
+    ctx.work = ctx.mm = ctx.calc = NULL;
+    ctx.content = ctx.ready = 0;
+    ctx.allow = -1;
+    ctx.allocated = ctx.scanned = 0;
+    if (nargs == 8) {
+        ctx.allow = PyLong_AsLong(args[7]);
+        if (ctx.allow == -1 && PyErr_Occurred())
+            return NULL;
+        if (!visit_layout.ready || !PyType_IsSubtype(scan_layout.page_type, &PageBase_Type))
+            ctx.allow = -1;
     }
     ksm = args[0];
     mm_slot = args[1];
@@ -1696,7 +2005,19 @@ speedups_scan_ptes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                         goto done;
                     }
                 }
-                if (item == Py_None ||
+                if (ctx.allow >= 0 &&
+                    (item == Py_None ||
+                     (((unsigned long long)item_addr & scan_layout.page_mask) != address &&
+                      (unsigned long long)item_addr > address))) {
+                    /* Shortcut first_visit: get_next_rmap_item() would prune nothing and
+                     * allocate a new item here. */
+                    item = visit_alloc_item(&ctx, link, item, address);
+                    if (item == NULL) {
+                        Py_DECREF(link);
+                        Py_DECREF(page);
+                        goto done;
+                    }
+                } else if (item == Py_None ||
                     ((unsigned long long)item_addr & scan_layout.page_mask) != address) {
                     addr_obj = PyLong_FromUnsignedLongLong(address);
                     if (addr_obj == NULL) {
@@ -1762,6 +2083,26 @@ speedups_scan_ptes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                     Py_DECREF(page);
                     continue;
                 }
+                if (ctx.allow > 0) {
+                    /* Shortcut first_visit: the page's whole ksm_do_scan() step. */
+                    int r = visit_page(&ctx, item, page);
+                    if (r < 0) {
+                        Py_DECREF(item);
+                        Py_DECREF(page);
+                        goto done;
+                    }
+                    if (r) {
+                        ctx.allow--;
+                        Py_DECREF(item);
+                        Py_DECREF(page);
+                        continue;
+                    }
+                }
+                if (ctx.allow >= 0 && visit_flush(&ctx) < 0) {
+                    Py_DECREF(item);
+                    Py_DECREF(page);
+                    goto done;
+                }
                 result = Py_BuildValue("(KnlNN)", address, idx, visited, item, page);
                 goto done;
             }
@@ -1769,8 +2110,21 @@ speedups_scan_ptes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         address += 1ULL << scan_layout.page_shift;
         idx++;
     }
+    if (ctx.allow >= 0 && visit_flush(&ctx) < 0)
+        goto done;
     result = Py_BuildValue("(KnlOO)", address, idx, visited, Py_None, Py_None);
 done:
+    if (result == NULL && ctx.allow >= 0 && (ctx.allocated || ctx.scanned)) {
+        /* Keep the counts true even on the way out with an error. */
+        PyObject *exc_type, *exc_value, *exc_tb;
+        PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+        if (visit_flush(&ctx) < 0)
+            PyErr_Clear();
+        PyErr_Restore(exc_type, exc_value, exc_tb);
+    }
+    Py_XDECREF(ctx.work);
+    Py_XDECREF(ctx.mm);
+    Py_XDECREF(ctx.calc);
     if (have_view)
         PyBuffer_Release(&view);
     Py_XDECREF(scan);
@@ -2217,6 +2571,8 @@ static PyMethodDef speedups_methods[] = {
     {"scan_setup", (PyCFunction)(void (*)(void))speedups_scan_setup, METH_FASTCALL,
      scan_setup_doc},
     {"scan_ptes", (PyCFunction)(void (*)(void))speedups_scan_ptes, METH_FASTCALL, scan_ptes_doc},
+    {"visit_setup", (PyCFunction)(void (*)(void))speedups_visit_setup, METH_FASTCALL,
+     visit_setup_doc},
     {"rb_insert_color", (PyCFunction)(void (*)(void))speedups_rb_insert_color, METH_FASTCALL,
      rb_insert_color_doc},
     {"merge_setup", (PyCFunction)(void (*)(void))speedups_merge_setup, METH_FASTCALL,

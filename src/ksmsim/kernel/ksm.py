@@ -26,6 +26,7 @@ from ksmsim.kernel.ksm_shortcuts import (
     Shortcuts,
     default_shortcuts,
     dup_skip_function,
+    first_visit_enabled,
     fused_merge_function,
     insert_color_function,
     scan_ptes_function,
@@ -416,6 +417,10 @@ class Ksm:
         self._dup_skip = dup_skip_function(shortcuts)
         self._content_checksum = shortcuts.content_checksum and shortcuts.c_helpers
         self._scan_ptes_fn = scan_ptes_function(shortcuts) or Ksm._scan_ptes
+        self._first_visit = first_visit_enabled(shortcuts)
+        # While ksm_do_scan() lets the first_visit shortcut take pages: the ksm_pages_scanned
+        # count it must stay below (None: not now).
+        self._visit_until: int | None = None
         self._fused_merge = fused_merge_function(shortcuts) or (
             Ksm.merge_with_ksm_page_fused if shortcuts.fused_merge else None
         )
@@ -970,6 +975,33 @@ class Ksm:
                             return None
                         hit.count += 1
                         return hit
+                    if chains and node.rmap_hlist_len == STABLE_NODE_CHAIN:
+                        head = node.dups
+                        hit = head.page if head is not None else None
+                        if (
+                            hit is not None
+                            and head is not None
+                            and head.dup_next is not None
+                            and 0 < head.rmap_hlist_len < self.ksm_max_page_sharing
+                            and hit.mapping is head
+                            and (pinned or hit.count)
+                            and hit.mapping_flags == PAGE_MAPPING_FLAGS
+                            and not hit.flags & PG_locked
+                            and hit.data == data
+                            and self.jiffies()
+                            < node.chain_prune_time
+                            + _msecs_to_jiffies(
+                                self.ksm_stable_node_chains_prune_millisecs,
+                                self.machine.config.hz,
+                            )
+                        ):
+                            # A chain whose first dup takes the page, no prune due: the steps
+                            # below (stable_node_dup() chooses that dup at once, its page is
+                            # taken, compared equal and, as above, returned) come to one
+                            # memcmp and one reference.
+                            work.memcmps += 1
+                            hit.count += 1
+                            return hit
                 assert isinstance(node, StableNode)
                 if chains:
                     tree_page, dup, tree_node = self.__stable_node_chain(node, prune=True)
@@ -1657,8 +1689,18 @@ class Ksm:
                     continue
                 idx = vpn & (PTRS_PER_PTE - 1)
                 while address < stop:
+                    # Shortcut first_visit (C only): how many pages scan_ptes may take through
+                    # their whole ksmd step; it may while nothing but a changed checksum's
+                    # bookkeeping can happen to a page: with the checksum tested first, or
+                    # an empty stable tree (whose search then does nothing).
+                    until = self._visit_until
+                    allow = -1
+                    if until is not None:
+                        allow = 0
+                        if self._checksum_first or self.root_stable_tree.rb_node is None:
+                            allow = until - self.ksm_pages_scanned
                     address, idx, seen, rmap_item, page = scan_ptes(
-                        self, mm_slot, table, idx, address, stop, smart
+                        self, mm_slot, table, idx, address, stop, smart, allow
                     )
                     visited += seen
                     if page is None:
@@ -1672,13 +1714,22 @@ class Ksm:
         self.work.addresses += visited
 
     def _scan_ptes(
-        self, mm_slot: MmSlot, table: array[int], idx: int, address: int, stop: int, smart: bool
+        self,
+        mm_slot: MmSlot,
+        table: array[int],
+        idx: int,
+        address: int,
+        stop: int,
+        smart: bool,
+        allow: int = -1,
     ) -> tuple[int, int, int, RmapItem | None, Page | None]:
         """Walk the ptes of one table from ``address`` (entry ``idx``) to ``stop`` for the next
         anonymous page that smart scan does not skip; return (address and idx past it, entries
         visited, its item, the page with a reference), or (stop, idx, visited, None, None).
 
-        The pte loop of _scan_mm(); ksm_shortcuts.py has its C twin (``c_helpers``).
+        The pte loop of _scan_mm(); ksm_shortcuts.py has its C twin (``c_helpers``). ``allow``
+        is for the C twin's first_visit shortcut, whose own twin is the exact path (every page
+        handed back to ksm_do_scan()); it is not used here.
         """
         scan = self.ksm_scan
         mem_map = self._mem_map
@@ -1785,38 +1836,52 @@ class Ksm:
         use_cursor = self.shortcuts.scan_cursor and self._shortcuts_allowed()
         cursor: Iterator[tuple[RmapItem, Page]] | None = None
         generation = 0
-        for _ in range(scan_npages):
-            if machine.preempt is not None:
-                machine.preempt("ksm_do_scan:cond_resched")
-            found = None
-            if cursor is not None and zone.map_generation == generation:
-                # Shortcut scan_cursor: resume the VMA loop that found the last page. No area,
-                # area flag or mm user has changed since (that moves map_generation), so it
-                # takes the steps a fresh scan_get_next_rmap_item() would take from the cursor.
-                found = next(cursor, None)
-            if found is None:
-                cursor = None
-                found = scan_get_next_rmap_item()
+        visit = use_cursor and self._first_visit
+        end = self.ksm_pages_scanned + scan_npages
+        if visit:
+            # Shortcut first_visit: the pte loop may take pages through their whole step below,
+            # counting each in ksm_pages_scanned as the step does, leaving room for the page it
+            # hands back; the batch ends when that count shows scan_npages pages.
+            self._visit_until = end - 1
+        try:
+            for _ in range(scan_npages):
+                if visit and self.ksm_pages_scanned >= end:
+                    break
+                if machine.preempt is not None:
+                    machine.preempt("ksm_do_scan:cond_resched")
+                found = None
+                if cursor is not None and zone.map_generation == generation:
+                    # Shortcut scan_cursor: resume the VMA loop that found the last page. No
+                    # area, area flag or mm user has changed since (that moves map_generation),
+                    # so it takes the steps a fresh scan_get_next_rmap_item() would take from
+                    # the cursor.
+                    found = next(cursor, None)
                 if found is None:
-                    return
-                if use_cursor:
-                    cursor, self._scan_cursor = self._scan_cursor, None
-                    generation = zone.map_generation
-            rmap_item, page = found
-            work.scanned += 1
-            if page.mapping_flags != PAGE_MAPPING_FLAGS:
-                cmp_and_merge_page(page, rmap_item)
-            elif skip_here:
-                if not rmap_item.address & STABLE_FLAG:
+                    cursor = None
+                    found = scan_get_next_rmap_item()
+                    if found is None:
+                        return
+                    if use_cursor:
+                        cursor, self._scan_cursor = self._scan_cursor, None
+                        generation = zone.map_generation
+                rmap_item, page = found
+                work.scanned += 1
+                if page.mapping_flags != PAGE_MAPPING_FLAGS:
                     cmp_and_merge_page(page, rmap_item)
-            elif page.mapping is None or rmap_item.head is not page.mapping:
-                # Else cmp_and_merge_page() would return at once: a KSM page on its item's node.
-                cmp_and_merge_page(page, rmap_item)
-            if page.count > 1:
-                page.count -= 1
-            else:
-                zone.put_page(page)
-            self.ksm_pages_scanned += 1
+                elif skip_here:
+                    if not rmap_item.address & STABLE_FLAG:
+                        cmp_and_merge_page(page, rmap_item)
+                elif page.mapping is None or rmap_item.head is not page.mapping:
+                    # Else cmp_and_merge_page() would return at once: a KSM page on its item's
+                    # node.
+                    cmp_and_merge_page(page, rmap_item)
+                if page.count > 1:
+                    page.count -= 1
+                else:
+                    zone.put_page(page)
+                self.ksm_pages_scanned += 1
+        finally:
+            self._visit_until = None
 
     def ksmd_should_run(self) -> bool:
         """Tell whether ksmd has work: run has the merge bit and some mm is registered."""

@@ -58,6 +58,21 @@ with ``-`` to switch it off, applied to ``all``, e.g. ``-c_helpers`` or ``none,s
     computes once (with the profile's checksum function) and keeps: it is a function of the
     contents alone, and every frame holding the object shares it. The work counted is the
     same (a checksum whenever the frame's own cache misses). Needs ``c_helpers``.
+``first_visit``
+    ksmd's pte loop (the C scan_ptes of ``c_helpers``) allocates a new rmap_item itself where
+    get_next_rmap_item() would prune nothing (the same fields, links and counts as
+    alloc_rmap_item()), and takes a page through its whole ksm_do_scan() step when all that
+    step can do is note a changed checksum: the page not KSM, its item in no tree, a
+    reference to spare, and the checksum tested before the stable tree search (6.11+) or
+    the stable tree empty (its search then returns at once, changing nothing). The step is
+    then: count the page scanned, compute the checksum as calc_checksum() does (its cache,
+    ``content_checksum``, the count of checksums), find it differs from the item's, store
+    it, drop the reference, count the page in pages_scanned. A page whose checksum is
+    unchanged goes on to the exact path (with the checksum in the frame's cache, where
+    cmp_and_merge_page() takes it, as it would have been computed at that point). Taken
+    pages count against the batch as the exact loop's iterations do, and only while the
+    scan_cursor shortcut runs (the loop is resumed between pages in any case). The twin is
+    the exact path. Needs ``c_helpers`` and the C frame base.
 ``fused_merge``
     cmp_and_merge_page() merges a page into the KSM page the stable tree search found in one
     step (Ksm.merge_with_ksm_page_fused(), beside try_to_merge_with_ksm_page()) when every
@@ -130,6 +145,7 @@ class Shortcuts:
     fill_batch: bool = True
     lazy_contents: bool = True
     content_checksum: bool = True
+    first_visit: bool = True
     fused_merge: bool = True
     gc_pause: bool = True
     c_helpers: bool = True
@@ -302,6 +318,7 @@ DupSkip = Callable[[Any, Any, int, int, bool, bool], tuple[Any, Any, int, bool]]
 dup_skip_c: DupSkip | None = None
 scan_ptes_c: Callable[..., Any] | None = None
 merge_fused_c: Callable[..., bool] | None = None
+visit_ready = False
 HAVE_C_HELPERS = False
 
 
@@ -321,14 +338,14 @@ PageText: Any = _page_text_type()
 def _setup_c() -> None:
     """Hand the node and page layouts to the C walks, if the extension was built."""
     global unstable_skip_c, stable_skip_c, dup_skip_c, rb_insert_color_c, scan_ptes_c
-    global merge_fused_c
+    global merge_fused_c, visit_ready
     global HAVE_C_HELPERS
     try:
         from ksmsim import _speedups
     except ImportError:  # pragma: no cover - built without a compiler
         return
     needed: tuple[str, ...] = ("tree_setup", "unstable_skip", "stable_skip", "dup_skip", "rb_setup")
-    needed += ("scan_setup", "scan_ptes", "merge_setup", "merge_fused")
+    needed += ("scan_setup", "scan_ptes", "merge_setup", "merge_fused", "visit_setup")
     if not all(hasattr(_speedups, name) for name in needed):
         return  # pragma: no cover - a stale build: the pure-Python twins run
     from ksmsim.kernel.ksm import RmapItem, StableNode
@@ -466,12 +483,41 @@ def _setup_c() -> None:
             PAGE_SHIFT,
         )
         merge_fused_c = _speedups.merge_fused
+        _speedups.visit_setup(
+            KsmWork,
+            MmStruct,
+            descr(RmapItem, "rb_parent"),
+            descr(RmapItem, "rb_left"),
+            descr(RmapItem, "rb_right"),
+            descr(RmapItem, "rb_red"),
+            descr(RmapItem, "mm"),
+            descr(RmapItem, "oldchecksum"),
+            descr(RmapItem, "anon_vma"),
+            descr(RmapItem, "head"),
+            descr(RmapItem, "hnext"),
+            descr(RmapItem, "hprev"),
+            descr(RmapItem, "tree_page"),
+            descr(KsmWork, "scanned"),
+            descr(KsmWork, "checksums"),
+            descr(KsmWork, "items_allocated"),
+            descr(MmStruct, "ksm_rmap_items"),
+            PAGE_MAPPING_FLAGS,
+        )
+        visit_ready = True
     unstable_skip_c = _speedups.unstable_skip
     stable_skip_c = _speedups.stable_skip
     dup_skip_c = _speedups.dup_skip
     rb_insert_color_c = _speedups.rb_insert_color
     scan_ptes_c = _speedups.scan_ptes
     HAVE_C_HELPERS = True
+
+
+def first_visit_enabled(shortcuts: Shortcuts) -> bool:
+    """Tell whether the C pte loop may take the first_visit shortcut (it needs ``c_helpers``
+    and the C frame base)."""
+    if shortcuts.c_helpers and not HAVE_C_HELPERS:
+        _setup_c()
+    return shortcuts.first_visit and shortcuts.c_helpers and visit_ready
 
 
 def fused_merge_function(shortcuts: Shortcuts) -> Callable[..., bool] | None:
