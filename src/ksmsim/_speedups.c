@@ -28,6 +28,10 @@
  * merge_setup(...), merge_fused(ksm, rmap_item, page, kpage)
  *     Ksm.merge_with_ksm_page_fused() (shortcut fused_merge).
  *
+ * free_scanned(page, ...)
+ *     The put_page() that frees a frame at the end of its ksmd step, when the
+ *     machine's free hook has nothing to note (shortcut fused_free).
+ *
  * PageText(head, filler, size=4096)
  *     Page contents held as a head and a filler byte, standing for (and
  *     behaving as) head + bytes([filler]) * (size - len(head)).
@@ -2558,6 +2562,107 @@ done:
     return NULL;
 }
 
+/* ---------------------------------------------------------------------------
+ * free_scanned(page, free_append, zone, active, inactive, unmapped_at,
+ *              released, pg_lru, pg_active, pg_reserved):
+ * shortcut fused_free of Ksm.ksm_do_scan(): the put_page() of the last
+ * reference to a frame, through free_hot_cold_page() and the machine's
+ * on_free hook (Machine._page_freed(), Lru.remove()), when the hook has
+ * nothing to note (no KSM page unmapped by reclaim waiting to be freed).
+ * Returns True when the frame was freed, False (nothing changed) otherwise.
+ * ------------------------------------------------------------------------- */
+
+static PyObject *s_nr_free;
+
+PyDoc_STRVAR(free_scanned_doc,
+"free_scanned(page, free_append, zone, active, inactive, unmapped_at, released,\n"
+"             pg_lru, pg_active, pg_reserved, /)\n"
+"--\n"
+"\n"
+"put_page() of a frame's last reference when the free hook has nothing to note:\n"
+"True when freed, False when nothing changed.");
+
+static PyObject *
+speedups_free_scanned(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PageBaseObject *page;
+    PyObject *active, *inactive, *lst, *r, *nr;
+    long count, mapcount, flags, pg_lru, pg_active, pg_reserved, n;
+    int err = 0;
+    (void)module;
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "free_scanned() takes exactly 10 arguments");
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(args[0], &PageBase_Type) || !PyDict_CheckExact(args[3]) ||
+        !PyDict_CheckExact(args[4]) || !PyDict_CheckExact(args[5]) ||
+        !PyAnySet_CheckExact(args[6])) {
+        PyErr_SetString(PyExc_TypeError, "free_scanned: a frame, the free list, dicts and a set");
+        return NULL;
+    }
+    page = (PageBaseObject *)args[0];
+    active = args[3];
+    inactive = args[4];
+    pg_lru = PyLong_AsLong(args[7]);
+    pg_active = PyLong_AsLong(args[8]);
+    pg_reserved = PyLong_AsLong(args[9]);
+    if (PyErr_Occurred())
+        return NULL;
+    count = pb_long(page->count, &err);
+    mapcount = err ? 0 : pb_long(page->mapcount, &err);
+    flags = err ? 0 : pb_long(page->flags, &err);
+    if (err)
+        return NULL;
+    if (count != 1 || mapcount != 0 || (flags & pg_reserved) || PyDict_GET_SIZE(args[5]) ||
+        PySet_GET_SIZE(args[6]))
+        Py_RETURN_FALSE;
+    if (s_nr_free == NULL && !(s_nr_free = PyUnicode_InternFromString("nr_free")))
+        return NULL;
+    /* put_page(): the count reaches zero; free_hot_cold_page() calls the hook first. */
+    if (pb_set(&page->count, 0) < 0)
+        return NULL;
+    if (flags & pg_lru) {
+        /* Lru.remove() */
+        lst = (flags & pg_active) ? active : inactive;
+        if (PyDict_DelItem(lst, (PyObject *)page) < 0) {
+            if (!PyErr_ExceptionMatches(PyExc_KeyError))
+                return NULL;
+            PyErr_Clear();
+        }
+    }
+    /* The frame's fields, reset. */
+    Py_INCREF(Py_None);
+    Py_XSETREF(page->mapping, Py_None);
+    if (pb_set(&page->mapping_flags, 0) < 0 || pb_set(&page->flags, 0) < 0)
+        return NULL;
+    page->private_ = 0;
+    page->index = 0;
+    Py_INCREF(Py_None);
+    Py_XSETREF(page->data, Py_None);
+    Py_INCREF(Py_None);
+    Py_XSETREF(page->csum_of, Py_None);
+    r = PyObject_CallOneArg(args[1], (PyObject *)page);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    nr = PyObject_GetAttr(args[2], s_nr_free);
+    if (nr == NULL)
+        return NULL;
+    n = PyLong_AsLong(nr);
+    Py_DECREF(nr);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    nr = PyLong_FromLong(n + 1);
+    if (nr == NULL)
+        return NULL;
+    if (PyObject_SetAttr(args[2], s_nr_free, nr) < 0) {
+        Py_DECREF(nr);
+        return NULL;
+    }
+    Py_DECREF(nr);
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"jhash2", (PyCFunction)(void (*)(void))speedups_jhash2, METH_FASTCALL, jhash2_doc},
     {"tree_setup", (PyCFunction)(void (*)(void))speedups_tree_setup, METH_FASTCALL,
@@ -2579,6 +2684,8 @@ static PyMethodDef speedups_methods[] = {
      merge_setup_doc},
     {"merge_fused", (PyCFunction)(void (*)(void))speedups_merge_fused, METH_FASTCALL,
      merge_fused_doc},
+    {"free_scanned", (PyCFunction)(void (*)(void))speedups_free_scanned, METH_FASTCALL,
+     free_scanned_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -27,6 +27,7 @@ from ksmsim.kernel.ksm_shortcuts import (
     default_shortcuts,
     dup_skip_function,
     first_visit_enabled,
+    fused_free_function,
     fused_merge_function,
     insert_color_function,
     scan_ptes_function,
@@ -80,10 +81,13 @@ from ksmsim.kernel.page import (
     Page,
     PageAnon,
     PageKsm,
+    PG_active,
     PG_dirty,
     PG_locked,
+    PG_lru,
     PG_mlocked,
     PG_referenced,
+    PG_reserved,
     PG_swapbacked,
     PG_swapcache,
     PG_uptodate,
@@ -418,6 +422,7 @@ class Ksm:
         self._content_checksum = shortcuts.content_checksum and shortcuts.c_helpers
         self._scan_ptes_fn = scan_ptes_function(shortcuts) or Ksm._scan_ptes
         self._first_visit = first_visit_enabled(shortcuts)
+        self._fused_free = fused_free_function(shortcuts)
         # While ksm_do_scan() lets the first_visit shortcut take pages: the ksm_pages_scanned
         # count it must stay below (None: not now).
         self._visit_until: int | None = None
@@ -1837,6 +1842,27 @@ class Ksm:
         cursor: Iterator[tuple[RmapItem, Page]] | None = None
         generation = 0
         visit = use_cursor and self._first_visit
+        # Shortcut fused_free: the put_page() that frees a page at the end of its step, with
+        # free_hot_cold_page() and the machine's hook (see free_scanned of ksmsim._speedups;
+        # it declines, changing nothing, unless the hook would only take the page off the LRU).
+        free_scanned = self._fused_free
+        free_args: tuple[Any, ...] = ()
+        if free_scanned is not None:
+            if zone.on_free == machine._page_freed and self._shortcuts_allowed():
+                lru = machine.lru
+                free_args = (
+                    zone._free.append,
+                    zone,
+                    lru.active,
+                    lru.inactive,
+                    machine.ksm_unmapped_at,
+                    machine._released,
+                    PG_lru,
+                    PG_active,
+                    PG_reserved,
+                )
+            else:
+                free_scanned = None
         end = self.ksm_pages_scanned + scan_npages
         if visit:
             # Shortcut first_visit: the pte loop may take pages through their whole step below,
@@ -1877,7 +1903,7 @@ class Ksm:
                     cmp_and_merge_page(page, rmap_item)
                 if page.count > 1:
                     page.count -= 1
-                else:
+                elif free_scanned is None or not free_scanned(page, *free_args):
                     zone.put_page(page)
                 self.ksm_pages_scanned += 1
         finally:

@@ -86,6 +86,14 @@ with ``-`` to switch it off, applied to ``all``, e.g. ``-c_helpers`` or ``none,s
     release leave the flags as they were, and the pte values they write on the way are
     overwritten. The conditions are tested before anything changes; when one fails the exact
     steps run. Its C twin (``c_helpers``) makes the same tests and changes.
+``fused_free``
+    ksm_do_scan()'s put_page() of the last reference to a page (the one a merge left) frees
+    it in one C call (free_scanned of ksmsim._speedups) when the machine's free hook is its
+    own (Machine._page_freed()) and has nothing to note but the LRU (no KSM page that
+    reclaim unmapped is waiting to be freed): the same steps as put_page(),
+    free_hot_cold_page(), the hook and Lru.remove(), in the same order; otherwise, and for
+    the zero page or a page still mapped, the exact path runs. The twin is the exact path.
+    Needs ``c_helpers`` and the C frame base.
 ``gc_pause``
     Python's cyclic garbage collector is paused during a ksmd batch and a batch of writes
     (``pause_gc``). The model allocates many objects there and frees them by reference
@@ -147,6 +155,7 @@ class Shortcuts:
     content_checksum: bool = True
     first_visit: bool = True
     fused_merge: bool = True
+    fused_free: bool = True
     gc_pause: bool = True
     c_helpers: bool = True
 
@@ -318,6 +327,7 @@ DupSkip = Callable[[Any, Any, int, int, bool, bool], tuple[Any, Any, int, bool]]
 dup_skip_c: DupSkip | None = None
 scan_ptes_c: Callable[..., Any] | None = None
 merge_fused_c: Callable[..., bool] | None = None
+free_scanned_c: Callable[..., bool] | None = None
 visit_ready = False
 HAVE_C_HELPERS = False
 
@@ -338,7 +348,7 @@ PageText: Any = _page_text_type()
 def _setup_c() -> None:
     """Hand the node and page layouts to the C walks, if the extension was built."""
     global unstable_skip_c, stable_skip_c, dup_skip_c, rb_insert_color_c, scan_ptes_c
-    global merge_fused_c, visit_ready
+    global merge_fused_c, visit_ready, free_scanned_c
     global HAVE_C_HELPERS
     try:
         from ksmsim import _speedups
@@ -346,6 +356,7 @@ def _setup_c() -> None:
         return
     needed: tuple[str, ...] = ("tree_setup", "unstable_skip", "stable_skip", "dup_skip", "rb_setup")
     needed += ("scan_setup", "scan_ptes", "merge_setup", "merge_fused", "visit_setup")
+    needed += ("free_scanned",)
     if not all(hasattr(_speedups, name) for name in needed):
         return  # pragma: no cover - a stale build: the pure-Python twins run
     from ksmsim.kernel.ksm import RmapItem, StableNode
@@ -504,6 +515,7 @@ def _setup_c() -> None:
             PAGE_MAPPING_FLAGS,
         )
         visit_ready = True
+        free_scanned_c = _speedups.free_scanned
     unstable_skip_c = _speedups.unstable_skip
     stable_skip_c = _speedups.stable_skip
     dup_skip_c = _speedups.dup_skip
@@ -518,6 +530,14 @@ def first_visit_enabled(shortcuts: Shortcuts) -> bool:
     if shortcuts.c_helpers and not HAVE_C_HELPERS:
         _setup_c()
     return shortcuts.first_visit and shortcuts.c_helpers and visit_ready
+
+
+def fused_free_function(shortcuts: Shortcuts) -> Callable[..., bool] | None:
+    """Return free_scanned of ksmsim._speedups with ``fused_free`` and ``c_helpers`` and the C
+    frame base, else None (the exact put_page())."""
+    if shortcuts.c_helpers and not HAVE_C_HELPERS:
+        _setup_c()
+    return free_scanned_c if shortcuts.fused_free and shortcuts.c_helpers else None
 
 
 def fused_merge_function(shortcuts: Shortcuts) -> Callable[..., bool] | None:
