@@ -20,7 +20,10 @@ with ``-`` to switch it off, applied to ``all``, e.g. ``-c_helpers`` or ``none,s
     when it is a regular node whose keyhole holds and whose page is unlocked: the exact steps
     then add one memcmp and one reference, whatever else they do in between (with chains:
     put the page back, test the node is a candidate, take it again with TRYLOCK and unlock
-    it), and the same holds for the dup a chain gives.
+    it), and the same holds for the dup a chain gives. So does a chain found whose first
+    dup has room (and is not its only one), its page's keyhole holding, unlocked, with equal
+    contents, when no prune is due: stable_node_dup() chooses that dup at once and changes
+    nothing else, so the search takes its page on the spot.
 ``unstable_skip``
     unstable_tree_search_insert() does the same over unstable nodes. An unstable node records
     the page it was inserted with (``RmapItem.tree_page``); while no pte has started or stopped
