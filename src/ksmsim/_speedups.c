@@ -1123,6 +1123,172 @@ speedups_stable_skip(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 }
 
 
+static inline long pb_long(PyObject *v, int *err);
+static inline int pb_set(PyObject **field, long x);
+
+static Py_ssize_t sn_dups_off = -1, sn_prune_off = -1;
+static long find_pg_locked;
+
+PyDoc_STRVAR(find_setup_doc,
+"find_setup(sn_dups, sn_chain_prune_time, pg_locked, /)\n"
+"--\n"
+"\n"
+"Tell stable_find the slots of a chain and the page lock bit.");
+
+static PyObject *
+speedups_find_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t a, b;
+    long locked;
+    (void)module;
+    if (!layout.ready) {
+        PyErr_SetString(PyExc_RuntimeError, "find_setup() before tree_setup()");
+        return NULL;
+    }
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "find_setup() takes exactly 3 arguments");
+        return NULL;
+    }
+    if ((a = slot_offset(args[0], layout.stable_type)) < 0 ||
+        (b = slot_offset(args[1], layout.stable_type)) < 0)
+        return NULL;
+    locked = PyLong_AsLong(args[2]);
+    if (locked == -1 && PyErr_Occurred())
+        return NULL;
+    sn_dups_off = a;
+    sn_prune_off = b;
+    find_pg_locked = locked;
+    Py_RETURN_NONE;
+}
+
+/* 1 when the page (a PageBase) can be taken for node as the search takes a found page: its
+ * keyhole holds (mapping is node, KSM flags, count above zero unless pinned), it is unlocked
+ * and holds data; 0 if not, -1 on error. */
+static int
+find_takes(PyObject *page_obj, PyObject *node, PyObject *data, int pinned)
+{
+    PageBaseObject *p = (PageBaseObject *)page_obj;
+    long flags, mflags, count;
+    int err = 0, c;
+    if (p->mapping != node)
+        return 0;
+    mflags = pb_long(p->mapping_flags, &err);
+    flags = err ? 0 : pb_long(p->flags, &err);
+    count = err ? 0 : pb_long(p->count, &err);
+    if (err)
+        return -1;
+    if (mflags != layout.ksm_flags || (!pinned && count == 0) || (flags & find_pg_locked))
+        return 0;
+    if (p->data == NULL || p->data == Py_None)
+        return 0;
+    c = contents_cmp(p->data, data);
+    if (c == -2)
+        return -1;
+    return c == 0;
+}
+
+PyDoc_STRVAR(stable_find_doc,
+"stable_find(node, data, pinned, chains, max_page_sharing, prune_floor, /)\n"
+"--\n"
+"\n"
+"stable_skip(), then take the node it stops at when the search would take its\n"
+"page (or a chain's first dup's) at once: returns (page with a reference, None,\n"
+"compares) or (None, node to take the exact step at, compares).");
+
+static PyObject *
+speedups_stable_find(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *walk, *node, *page, *head, *next, *t;
+    Py_ssize_t n;
+    long len, max_sharing, floor_, prune_time;
+    int pinned, chains, ok;
+    PageBaseObject *hit = NULL;
+    if (!layout.ready || sn_dups_off < 0 || !layout.page_native) {
+        PyErr_SetString(PyExc_RuntimeError, "stable_find() before find_setup(), or no PageBase");
+        return NULL;
+    }
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "stable_find() takes exactly 6 arguments");
+        return NULL;
+    }
+    pinned = PyObject_IsTrue(args[2]);
+    chains = PyObject_IsTrue(args[3]);
+    max_sharing = PyLong_AsLong(args[4]);
+    floor_ = PyLong_AsLong(args[5]);
+    if (pinned < 0 || chains < 0 || PyErr_Occurred())
+        return NULL;
+    walk = speedups_stable_skip(module, args, 3);
+    if (walk == NULL)
+        return NULL;
+    node = PyTuple_GET_ITEM(walk, 0);
+    n = PyLong_AsSsize_t(PyTuple_GET_ITEM(walk, 3));
+    if (n == -1 && PyErr_Occurred())
+        goto error;
+    if (node == Py_None)
+        goto miss;
+    if (slot_long(node, layout.sn_hlist_len, &len) < 0)
+        goto error;
+    if (len != layout.chain_len) {
+        /* A regular node: taken when it is a sharing candidate (or there are no chains). */
+        page = slot_get(node, layout.sn_page);
+        if (page == NULL)
+            goto error;
+        if (page == Py_None || !PyObject_TypeCheck(page, &PageBase_Type))
+            goto miss;
+        if (chains && !(len > 0 && len < max_sharing))
+            goto miss;
+        ok = find_takes(page, node, args[1], pinned);
+        if (ok < 0)
+            goto error;
+        if (ok)
+            hit = (PageBaseObject *)page;
+    } else if (chains) {
+        /* A chain whose first dup has room, is not alone, and no prune due. */
+        head = slot_get(node, sn_dups_off);
+        if (head == NULL)
+            goto error;
+        if (head == Py_None)
+            goto miss;
+        next = slot_get(head, layout.sn_dup_next);
+        if (next == NULL)
+            goto error;
+        if (next == Py_None)
+            goto miss;
+        if (slot_long(head, layout.sn_hlist_len, &len) < 0 ||
+            slot_long(node, sn_prune_off, &prune_time) < 0)
+            goto error;
+        if (!(len > 0 && len < max_sharing) || !(prune_time > floor_))
+            goto miss;
+        page = slot_get(head, layout.sn_page);
+        if (page == NULL)
+            goto error;
+        if (page == Py_None || !PyObject_TypeCheck(page, &PageBase_Type))
+            goto miss;
+        ok = find_takes(page, head, args[1], pinned);
+        if (ok < 0)
+            goto error;
+        if (ok)
+            hit = (PageBaseObject *)page;
+    }
+    if (hit != NULL) {
+        int err = 0;
+        long count = pb_long(hit->count, &err);
+        if (err || pb_set(&hit->count, count + 1) < 0)
+            goto error;
+        t = Py_BuildValue("(OOn)", (PyObject *)hit, Py_None, n + 1);
+        Py_DECREF(walk);
+        return t;
+    }
+miss:
+    t = Py_BuildValue("(OOn)", Py_None, node, n);
+    Py_DECREF(walk);
+    return t;
+error:
+    Py_DECREF(walk);
+    return NULL;
+}
+
+
 /* ---------------------------------------------------------------------------
  * rb_insert_color(node, root): lib/rbtree.c's insert rebalancing (v2.6.33) on
  * the nodes of ksmsim.kernel.rbtree, step for step as the pure-Python
@@ -1625,6 +1791,8 @@ typedef struct {
     Py_ssize_t wk_scanned, wk_checksums, wk_items, mm_rmap_items;
     long ksm_flags;
     PyObject *s_work, *s_mm, *s_rmap_items, *s_pages_scanned, *s_content, *s_calc;
+    PyObject *s_merge, *s_root, *s_rb_node, *s_put_page;
+    Py_ssize_t wk_memcmps;
 } visit_layout_t;
 
 static visit_layout_t visit_layout;
@@ -1644,8 +1812,8 @@ speedups_visit_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_RuntimeError, "visit_setup() before scan_setup()");
         return NULL;
     }
-    if (nargs != 18) {
-        PyErr_SetString(PyExc_TypeError, "visit_setup() takes exactly 18 arguments");
+    if (nargs != 19) {
+        PyErr_SetString(PyExc_TypeError, "visit_setup() takes exactly 19 arguments");
         return NULL;
     }
     if (!PyType_Check(args[0]) || !PyType_Check(args[1])) {
@@ -1668,7 +1836,8 @@ speedups_visit_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         (l.wk_scanned = slot_offset(args[13], l.work_type)) < 0 ||
         (l.wk_checksums = slot_offset(args[14], l.work_type)) < 0 ||
         (l.wk_items = slot_offset(args[15], l.work_type)) < 0 ||
-        (l.mm_rmap_items = slot_offset(args[16], l.mm_type)) < 0)
+        (l.mm_rmap_items = slot_offset(args[16], l.mm_type)) < 0 ||
+        (l.wk_memcmps = slot_offset(args[18], l.work_type)) < 0)
         return NULL;
     l.ksm_flags = PyLong_AsLong(args[17]);
     if (PyErr_Occurred())
@@ -1678,7 +1847,11 @@ speedups_visit_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         !(l.s_rmap_items = PyUnicode_InternFromString("ksm_rmap_items")) ||
         !(l.s_pages_scanned = PyUnicode_InternFromString("ksm_pages_scanned")) ||
         !(l.s_content = PyUnicode_InternFromString("_content_checksum")) ||
-        !(l.s_calc = PyUnicode_InternFromString("_calc")))
+        !(l.s_calc = PyUnicode_InternFromString("_calc")) ||
+        !(l.s_merge = PyUnicode_InternFromString("_visit_merge")) ||
+        !(l.s_root = PyUnicode_InternFromString("root_stable_tree")) ||
+        !(l.s_rb_node = PyUnicode_InternFromString("rb_node")) ||
+        !(l.s_put_page = PyUnicode_InternFromString("put_page")))
         return NULL;
     Py_INCREF(l.work_type);
     Py_INCREF(l.mm_type);
@@ -1690,9 +1863,15 @@ speedups_visit_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 /* What a scan_ptes call with first_visit on carries from page to page. */
 typedef struct {
     PyObject *ksm, *mm_slot, *work, *mm, *calc;
+    PyObject *merge;            /* ksm._visit_merge: None, or what the merge step needs */
+    PyObject *root;             /* the stable tree's root node, when merge is set */
     int content, ready;
     long allow, allocated, scanned;
 } visit_ctx;
+
+static PyObject *speedups_stable_find(PyObject *, PyObject *const *, Py_ssize_t);
+static PyObject *speedups_merge_fused(PyObject *, PyObject *const *, Py_ssize_t);
+static PyObject *speedups_free_scanned(PyObject *, PyObject *const *, Py_ssize_t);
 
 /* Look up, once a call needs them, the objects the shortcut works with: 0, or -1 on error. */
 static int
@@ -1713,6 +1892,23 @@ visit_ctx_ready(visit_ctx *ctx)
     Py_DECREF(content);
     if (ctx->content < 0)
         return -1;
+    ctx->merge = PyObject_GetAttr(ctx->ksm, visit_layout.s_merge);
+    if (ctx->merge == NULL)
+        return -1;
+    if (ctx->merge != Py_None) {
+        PyObject *tree;
+        if (!PyTuple_Check(ctx->merge) || PyTuple_GET_SIZE(ctx->merge) != 8) {
+            PyErr_SetString(PyExc_TypeError, "scan_ptes: ksm._visit_merge is not an 8-tuple");
+            return -1;
+        }
+        tree = PyObject_GetAttr(ctx->ksm, visit_layout.s_root);
+        if (tree == NULL)
+            return -1;
+        ctx->root = PyObject_GetAttr(tree, visit_layout.s_rb_node);
+        Py_DECREF(tree);
+        if (ctx->root == NULL)
+            return -1;
+    }
     if (!PyObject_TypeCheck(ctx->work, visit_layout.work_type) ||
         !PyObject_TypeCheck(ctx->mm, visit_layout.mm_type)) {
         PyErr_SetString(PyExc_TypeError, "scan_ptes: ksm.work or mm_slot.mm of the wrong type");
@@ -1818,7 +2014,8 @@ visit_alloc_item(visit_ctx *ctx, PyObject *link, PyObject *next, unsigned long l
 /* The rest of a ksm_do_scan() step for a page found with its item, when cmp_and_merge_page()
  * would only note a changed checksum: 1 when done (the page's reference dropped), 0 when the
  * exact path must go on (the checksum, if computed, left in the frame's cache, where
- * cmp_and_merge_page() finds it), -1 on error. */
+ * cmp_and_merge_page() finds it), 2 as 0 when the checksum is unchanged (the page is not KSM,
+ * its item in no tree: visit_merge() may take it), -1 on error. */
 static int
 visit_page(visit_ctx *ctx, PyObject *item, PyObject *page_obj)
 {
@@ -1866,7 +2063,7 @@ visit_page(visit_ctx *ctx, PyObject *item, PyObject *page_obj)
     eq = PyObject_RichCompareBool(old, csum, Py_EQ);
     if (eq != 0) {
         Py_DECREF(csum);
-        return eq < 0 ? -1 : 0;
+        return eq < 0 ? -1 : 2;
     }
     scan_set(item, visit_layout.it_oldcsum, csum);
     Py_DECREF(csum);
@@ -1876,6 +2073,113 @@ visit_page(visit_ctx *ctx, PyObject *item, PyObject *page_obj)
         return -1;
     ctx->scanned++;
     return 1;
+}
+
+/* The rest of a ksm_do_scan() step for a page whose checksum is unchanged (visit_page()
+ * gave 2), with the checksum tested first (6.11+), when it merges into the KSM page the
+ * stable tree search takes at once (stable_find()) through the fused merge (merge_fused()):
+ * cmp_and_merge_page()'s other steps change nothing then (no zero page is tried, the item is
+ * in no tree).  The compares of the walk are counted and the search's reference taken only
+ * when the merge is made; otherwise nothing has changed and the exact path runs.  Then the
+ * page's reference is dropped as ksm_do_scan() drops it.  1 when done, 0 if not, -1 on error.
+ * ksm._visit_merge is (chains, pinned, max_page_sharing, prune floor, zero checksum or None,
+ * free_scanned's arguments after the page or (), the zone, free_scanned or None). */
+static int
+visit_merge(visit_ctx *ctx, PyObject *item, PyObject *page_obj)
+{
+    PageBaseObject *page = (PageBaseObject *)page_obj;
+    PyObject *m = ctx->merge, *t, *hit, *r, *zero, *fargs[6], *margs[4];
+    PyObject *free_args, *free_fn;
+    Py_ssize_t n;
+    long count;
+    int err = 0;
+    if (m == NULL || m == Py_None || ctx->root == NULL || ctx->root == Py_None)
+        return 0;
+    zero = PyTuple_GET_ITEM(m, 4);
+    if (zero != Py_None) {
+        /* try_to_merge_with_zero_page() would try the zero page for this checksum. */
+        PyObject *old = *(PyObject **)((char *)item + visit_layout.it_oldcsum);
+        int eq = PyObject_RichCompareBool(old, zero, Py_EQ);
+        if (eq != 0)
+            return eq < 0 ? -1 : 0;
+    }
+    fargs[0] = ctx->root;
+    fargs[1] = page->data;
+    fargs[2] = PyTuple_GET_ITEM(m, 1);
+    fargs[3] = PyTuple_GET_ITEM(m, 0);
+    fargs[4] = PyTuple_GET_ITEM(m, 2);
+    fargs[5] = PyTuple_GET_ITEM(m, 3);
+    t = speedups_stable_find(NULL, fargs, 6);
+    if (t == NULL)
+        return -1;
+    hit = PyTuple_GET_ITEM(t, 0);
+    if (hit == Py_None) {
+        Py_DECREF(t);
+        return 0;
+    }
+    n = PyLong_AsSsize_t(PyTuple_GET_ITEM(t, 2));
+    Py_INCREF(hit);
+    Py_DECREF(t);
+    if (n == -1 && PyErr_Occurred())
+        goto error;
+    margs[0] = ctx->ksm;
+    margs[1] = item;
+    margs[2] = page_obj;
+    margs[3] = hit;
+    r = speedups_merge_fused(NULL, margs, 4);
+    if (r == NULL)
+        goto error;
+    Py_DECREF(r);
+    if (r == Py_False) {
+        /* No merge: give the search's reference back; the exact path searches again. */
+        count = pb_long(((PageBaseObject *)hit)->count, &err);
+        if (err || pb_set(&((PageBaseObject *)hit)->count, count - 1) < 0)
+            goto error;
+        Py_DECREF(hit);
+        return 0;
+    }
+    Py_DECREF(hit);
+    if (visit_slot_add(ctx->work, visit_layout.wk_memcmps, (long)n) < 0 ||
+        visit_slot_add(ctx->work, visit_layout.wk_scanned, 1) < 0)
+        return -1;
+    /* ksm_do_scan(): drop the scan's reference, freeing the page if it was the last. */
+    count = pb_long(page->count, &err);
+    if (err)
+        return -1;
+    if (count > 1) {
+        if (pb_set(&page->count, count - 1) < 0)
+            return -1;
+    } else {
+        free_args = PyTuple_GET_ITEM(m, 5);
+        free_fn = PyTuple_GET_ITEM(m, 7);
+        r = NULL;
+        if (free_fn != Py_None && PyTuple_GET_SIZE(free_args) == 9) {
+            PyObject *a[10];
+            Py_ssize_t i;
+            a[0] = page_obj;
+            for (i = 0; i < 9; i++)
+                a[i + 1] = PyTuple_GET_ITEM(free_args, i);
+            r = PyObject_Vectorcall(free_fn, a, 10, NULL);
+            if (r == NULL)
+                return -1;
+        }
+        if (r != Py_True) {
+            PyObject *put;
+            Py_XDECREF(r);
+            put = PyObject_CallMethodOneArg(PyTuple_GET_ITEM(m, 6), visit_layout.s_put_page,
+                                            page_obj);
+            if (put == NULL)
+                return -1;
+            Py_DECREF(put);
+        } else {
+            Py_DECREF(r);
+        }
+    }
+    ctx->scanned++;
+    return 1;
+error:
+    Py_DECREF(hit);
+    return -1;
 }
 
 /* Add the counts kept during a call to ksm's attributes. */
@@ -1910,6 +2214,7 @@ speedups_scan_ptes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     (void)module;
     ctx.allow = -1;
     ctx.ready = 0;
+    ctx.merge = ctx.root = NULL;
     ctx.work = ctx.mm = ctx.calc = NULL;
     ctx.allocated = ctx.scanned = 0;
     if (!scan_layout.ready) {
@@ -1922,6 +2227,7 @@ speedups_scan_ptes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     ctx.ksm = args[0];
     ctx.mm_slot = args[1];
+    ctx.merge = ctx.root = NULL;
     ctx.work = ctx.mm = ctx.calc = NULL;
     ctx.content = ctx.ready = 0;
     ctx.allow = -1;
@@ -2090,6 +2396,8 @@ speedups_scan_ptes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 if (ctx.allow > 0) {
                     /* Shortcut first_visit: the page's whole ksm_do_scan() step. */
                     int r = visit_page(&ctx, item, page);
+                    if (r == 2)
+                        r = visit_merge(&ctx, item, page);
                     if (r < 0) {
                         Py_DECREF(item);
                         Py_DECREF(page);
@@ -2129,6 +2437,8 @@ done:
     Py_XDECREF(ctx.work);
     Py_XDECREF(ctx.mm);
     Py_XDECREF(ctx.calc);
+    Py_XDECREF(ctx.merge);
+    Py_XDECREF(ctx.root);
     if (have_view)
         PyBuffer_Release(&view);
     Py_XDECREF(scan);
@@ -2672,6 +2982,10 @@ static PyMethodDef speedups_methods[] = {
     {"stable_skip", (PyCFunction)(void (*)(void))speedups_stable_skip, METH_FASTCALL,
      stable_skip_doc},
     {"dup_skip", (PyCFunction)(void (*)(void))speedups_dup_skip, METH_FASTCALL, dup_skip_doc},
+    {"find_setup", (PyCFunction)(void (*)(void))speedups_find_setup, METH_FASTCALL,
+     find_setup_doc},
+    {"stable_find", (PyCFunction)(void (*)(void))speedups_stable_find, METH_FASTCALL,
+     stable_find_doc},
     {"rb_setup", (PyCFunction)(void (*)(void))speedups_rb_setup, METH_FASTCALL, rb_setup_doc},
     {"scan_setup", (PyCFunction)(void (*)(void))speedups_scan_setup, METH_FASTCALL,
      scan_setup_doc},

@@ -190,11 +190,15 @@ def test_fused_merge_c_twin_and_exact(kernel: str, mutation: str) -> None:
 
 # -- first_visit and fused_free over whole runs ----------------------------------------------------
 def _run(kernel: str, shortcuts: ks.Shortcuts, batch: int, smart: bool) -> list[Any]:
-    """Run a mixed workload in batches of ``batch`` pages and dump the state after each."""
+    """Run a mixed workload in batches of ``batch`` pages and dump the state after each
+    (with smart scan off, chains of at most 3 and zero pages merged on 6.x)."""
     with ks.using_shortcuts(shortcuts):
         host = Host(kernel, ram_pages=4096)
     if host.profile.smart_scan:
         host.set_tunable("smart_scan", int(smart))
+        if not smart:
+            host.set_tunable("max_page_sharing", 3)
+            host.set_tunable("use_zero_pages", 1)
     host.set_tunable("pages_to_scan", batch)
     for name in ("a", "b", "c"):
         host.spawn(name)
@@ -204,6 +208,8 @@ def _run(kernel: str, shortcuts: ks.Shortcuts, batch: int, smart: bool) -> list[
         host.fill(name, "own", "unique")
         host.mmap(name, "same", 8)
         host.fill(name, "same", "x")
+        host.mmap(name, "zero", 4)
+        host.fill(name, "zero", "zero")
     states = []
     ksmd = host.ksmd
     host.sysfs.write("run", 1)
@@ -344,7 +350,8 @@ def test_free_scanned_equals_put_page(active: bool, block: str) -> None:
 @pytest.mark.parametrize("c_helpers", [True, False])
 def test_fused_merge_runs(c_helpers: bool) -> None:
     """Merges into the stable tree's pages go through the fused step (C or twin)."""
-    with ks.using_shortcuts(ks.Shortcuts(c_helpers=c_helpers)):
+    # (With first_visit the C pte loop makes these merges itself: see below.)
+    with ks.using_shortcuts(ks.Shortcuts(c_helpers=c_helpers, first_visit=False)):
         host = Host("v6.18", ram_pages=4096)
     host.set_tunable("smart_scan", 0)
     ksm = host.ksm
@@ -364,3 +371,28 @@ def test_fused_merge_runs(c_helpers: bool) -> None:
         host.fill(name, "r", "x")
     host.scan(3)
     assert merged[0] > 50
+
+
+def test_first_visit_merges() -> None:
+    """With the checksum first, the C pte loop also makes the merges into the stable tree."""
+    if not ks.first_visit_enabled(ks.Shortcuts.all_on()):
+        pytest.skip("needs the C helpers and the C frame base")
+    with ks.using_shortcuts(ks.Shortcuts.all_on()):
+        host = Host("v6.18", ram_pages=4096)
+    host.set_tunable("smart_scan", 0)
+    for name in ("a", "b", "c"):
+        host.spawn(name)
+        host.mmap(name, "r", 32)
+        host.fill(name, "r", "x")
+    ksm = host.ksm
+    calls = [0]
+    original = ksm.cmp_and_merge_page
+
+    def counted(page: Page, item: RmapItem) -> None:
+        calls[0] += 1
+        original(page, item)
+
+    ksm.cmp_and_merge_page = counted  # type: ignore[method-assign]
+    host.scan(2)
+    assert host.counters()["pages_sharing"] == 95
+    assert calls[0] < 10

@@ -32,6 +32,7 @@ from ksmsim.kernel.ksm_shortcuts import (
     insert_color_function,
     scan_ptes_function,
     skip_functions,
+    stable_find_function,
 )
 from ksmsim.kernel.memory import (
     VM_FAULT_OOM,
@@ -419,6 +420,7 @@ class Ksm:
         self._stable_skip, self._unstable_skip = skip_functions(shortcuts)
         self._rb_insert_color = insert_color_function(shortcuts)
         self._dup_skip = dup_skip_function(shortcuts)
+        self._stable_find = stable_find_function(shortcuts)
         self._content_checksum = shortcuts.content_checksum and shortcuts.c_helpers
         self._scan_ptes_fn = scan_ptes_function(shortcuts) or Ksm._scan_ptes
         self._first_visit = first_visit_enabled(shortcuts)
@@ -426,6 +428,8 @@ class Ksm:
         # While ksm_do_scan() lets the first_visit shortcut take pages: the ksm_pages_scanned
         # count it must stay below (None: not now).
         self._visit_until: int | None = None
+        # While it may also take pages that merge into the stable tree (see ksm_do_scan()).
+        self._visit_merge: tuple[Any, ...] | None = None
         self._fused_merge = fused_merge_function(shortcuts) or (
             Ksm.merge_with_ksm_page_fused if shortcuts.fused_merge else None
         )
@@ -941,12 +945,32 @@ class Ksm:
         root = self.root_stable_tree
         chains = self.profile.stable_node_chains
         skip = self._stable_skip if self._shortcuts_allowed() else None
+        find = self._stable_find if skip is not None else None
         pinned = self.profile.stable_node_pins_page
+        floor = 0
+        if find is not None and chains:
+            # No prune is due at a chain whose chain_prune_time is above this.
+            hz = self.machine.config.hz
+            floor = self.jiffies() - _msecs_to_jiffies(
+                self.ksm_stable_node_chains_prune_millisecs, hz
+            )
         while True:
             node = root.rb_node
             restart = False
             while node is not None:
-                if skip is not None:
+                if find is not None:
+                    # The C helper of the stable_skip shortcut: the walk below, and the node
+                    # found taken at once as below (regular or a chain's first dup).
+                    taken, node, skipped = find(
+                        node, data, pinned, chains, self.ksm_max_page_sharing, floor
+                    )
+                    work.memcmps += skipped
+                    if taken is not None:
+                        found: Page = taken
+                        return found
+                    if node is None:
+                        break
+                elif skip is not None:
                     # Shortcut stable_skip: pass over the regular nodes whose get_ksm_page()
                     # succeeds and whose contents differ, counting their memcmps; for them
                     # the step below is exactly get, memcmp, put, descend.
@@ -954,6 +978,7 @@ class Ksm:
                     work.memcmps += skipped
                     if node is None:
                         break
+                if skip is not None:
                     assert isinstance(node, StableNode)
                     hit = node.page
                     if (
@@ -1869,6 +1894,29 @@ class Ksm:
             # counting each in ksm_pages_scanned as the step does, leaving room for the page it
             # hands back; the batch ends when that count shows scan_npages pages.
             self._visit_until = end - 1
+            if (
+                self._checksum_first
+                and self._stable_find is not None
+                and self._fused_merge is not None
+                and self._fused_merge is not Ksm.merge_with_ksm_page_fused
+            ):
+                # With the checksum tested first, also the pages that merge into the KSM
+                # page the stable tree search takes at once, through the fused merge (the
+                # clock, and so the chains' prune test, stands still during a batch).
+                hz = machine.config.hz
+                floor = self.jiffies() - _msecs_to_jiffies(
+                    self.ksm_stable_node_chains_prune_millisecs, hz
+                )
+                self._visit_merge = (
+                    self.profile.stable_node_chains,
+                    self.profile.stable_node_pins_page,
+                    self.ksm_max_page_sharing,
+                    floor,
+                    self.zero_checksum if self.ksm_use_zero_pages else None,
+                    free_args,
+                    zone,
+                    free_scanned,
+                )
         try:
             for _ in range(scan_npages):
                 if visit and self.ksm_pages_scanned >= end:
@@ -1908,6 +1956,7 @@ class Ksm:
                 self.ksm_pages_scanned += 1
         finally:
             self._visit_until = None
+            self._visit_merge = None
 
     def ksmd_should_run(self) -> bool:
         """Tell whether ksmd has work: run has the merge bit and some mm is registered."""

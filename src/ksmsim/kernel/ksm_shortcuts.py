@@ -74,8 +74,15 @@ with ``-`` to switch it off, applied to ``all``, e.g. ``-c_helpers`` or ``none,s
     unchanged goes on to the exact path (with the checksum in the frame's cache, where
     cmp_and_merge_page() takes it, as it would have been computed at that point). Taken
     pages count against the batch as the exact loop's iterations do, and only while the
-    scan_cursor shortcut runs (the loop is resumed between pages in any case). The twin is
-    the exact path. Needs ``c_helpers`` and the C frame base.
+    scan_cursor shortcut runs (the loop is resumed between pages in any case). With the
+    checksum tested first it also takes a page whose checksum is unchanged when no zero
+    page is to be tried for it and the stable tree search would take a KSM page at once
+    (the C walk of ``stable_skip``) that the fused merge (``fused_merge``) merges it into:
+    cmp_and_merge_page() does nothing else then; the walk's compares are counted and the
+    search's reference kept only when the merge is made, so a page that does not merge
+    goes to the exact path as it was; the page's reference is then dropped as ksm_do_scan()
+    drops it (``fused_free``). The chains' prune test reads the clock, which stands still
+    during a batch. The twin is the exact path. Needs ``c_helpers`` and the C frame base.
 ``fused_merge``
     cmp_and_merge_page() merges a page into the KSM page the stable tree search found in one
     step (Ksm.merge_with_ksm_page_fused(), beside try_to_merge_with_ksm_page()) when every
@@ -103,7 +110,9 @@ with ``-`` to switch it off, applied to ``all``, e.g. ``-c_helpers`` or ``none,s
     counting; the collector, which only reclaims unreachable cycles and runs no finalizer of
     the model's, would find nothing to change, and costs some 10% of a large scan.
 ``c_helpers``
-    Use the C versions of the helpers above (``ksmsim._speedups``) when it was built, and its
+    Use the C versions of the helpers above (``ksmsim._speedups``) when it was built (the
+    stable tree search's walk, stable_find, also takes the node found in C, with the tests
+    stable_tree_search() makes after stable_skip_py() as its twin), and its
     rb_insert_color() for the trees' inserts and its twin of the pte loop of ksmd's VMA loop
     (Ksm._scan_ptes); the pure-Python twins (here, rbtree.py's rb_insert_color and
     Ksm._scan_ptes) give the same results (tests/perf compares them). At import it also
@@ -331,6 +340,7 @@ dup_skip_c: DupSkip | None = None
 scan_ptes_c: Callable[..., Any] | None = None
 merge_fused_c: Callable[..., bool] | None = None
 free_scanned_c: Callable[..., bool] | None = None
+stable_find_c: Callable[..., tuple[Any, Any, int]] | None = None
 visit_ready = False
 HAVE_C_HELPERS = False
 
@@ -351,7 +361,7 @@ PageText: Any = _page_text_type()
 def _setup_c() -> None:
     """Hand the node and page layouts to the C walks, if the extension was built."""
     global unstable_skip_c, stable_skip_c, dup_skip_c, rb_insert_color_c, scan_ptes_c
-    global merge_fused_c, visit_ready, free_scanned_c
+    global merge_fused_c, visit_ready, free_scanned_c, stable_find_c
     global HAVE_C_HELPERS
     try:
         from ksmsim import _speedups
@@ -359,7 +369,7 @@ def _setup_c() -> None:
         return
     needed: tuple[str, ...] = ("tree_setup", "unstable_skip", "stable_skip", "dup_skip", "rb_setup")
     needed += ("scan_setup", "scan_ptes", "merge_setup", "merge_fused", "visit_setup")
-    needed += ("free_scanned",)
+    needed += ("free_scanned", "find_setup", "stable_find")
     if not all(hasattr(_speedups, name) for name in needed):
         return  # pragma: no cover - a stale build: the pure-Python twins run
     from ksmsim.kernel.ksm import RmapItem, StableNode
@@ -516,9 +526,14 @@ def _setup_c() -> None:
             descr(KsmWork, "items_allocated"),
             descr(MmStruct, "ksm_rmap_items"),
             PAGE_MAPPING_FLAGS,
+            descr(KsmWork, "memcmps"),
         )
         visit_ready = True
         free_scanned_c = _speedups.free_scanned
+        _speedups.find_setup(
+            descr(StableNode, "dups"), descr(StableNode, "chain_prune_time"), PG_locked
+        )
+        stable_find_c = _speedups.stable_find
     unstable_skip_c = _speedups.unstable_skip
     stable_skip_c = _speedups.stable_skip
     dup_skip_c = _speedups.dup_skip
@@ -533,6 +548,15 @@ def first_visit_enabled(shortcuts: Shortcuts) -> bool:
     if shortcuts.c_helpers and not HAVE_C_HELPERS:
         _setup_c()
     return shortcuts.first_visit and shortcuts.c_helpers and visit_ready
+
+
+def stable_find_function(shortcuts: Shortcuts) -> Callable[..., tuple[Any, Any, int]] | None:
+    """Return the C walk of stable_tree_search() that also takes the node found
+    (``stable_skip`` with ``c_helpers`` and the C frame base), else None; its twin is
+    stable_skip_py() and the tests after it in stable_tree_search()."""
+    if shortcuts.c_helpers and not HAVE_C_HELPERS:
+        _setup_c()
+    return stable_find_c if shortcuts.stable_skip and shortcuts.c_helpers else None
 
 
 def fused_free_function(shortcuts: Shortcuts) -> Callable[..., bool] | None:
