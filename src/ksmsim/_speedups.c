@@ -1792,7 +1792,10 @@ typedef struct {
     long ksm_flags;
     PyObject *s_work, *s_mm, *s_rmap_items, *s_pages_scanned, *s_content, *s_calc;
     PyObject *s_merge, *s_root, *s_rb_node, *s_put_page;
+    PyObject *s_map_generation, *s_unstable_gen, *s_ksm_scan, *s_seqnr, *s_unstable_root;
+    PyObject *s_unshared;
     Py_ssize_t wk_memcmps;
+    long unstable_flag, seqnr_mask, stable_flag;
 } visit_layout_t;
 
 static visit_layout_t visit_layout;
@@ -1812,8 +1815,8 @@ speedups_visit_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_RuntimeError, "visit_setup() before scan_setup()");
         return NULL;
     }
-    if (nargs != 19) {
-        PyErr_SetString(PyExc_TypeError, "visit_setup() takes exactly 19 arguments");
+    if (nargs != 22) {
+        PyErr_SetString(PyExc_TypeError, "visit_setup() takes exactly 22 arguments");
         return NULL;
     }
     if (!PyType_Check(args[0]) || !PyType_Check(args[1])) {
@@ -1851,7 +1854,18 @@ speedups_visit_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         !(l.s_merge = PyUnicode_InternFromString("_visit_merge")) ||
         !(l.s_root = PyUnicode_InternFromString("root_stable_tree")) ||
         !(l.s_rb_node = PyUnicode_InternFromString("rb_node")) ||
-        !(l.s_put_page = PyUnicode_InternFromString("put_page")))
+        !(l.s_put_page = PyUnicode_InternFromString("put_page")) ||
+        !(l.s_map_generation = PyUnicode_InternFromString("map_generation")) ||
+        !(l.s_unstable_gen = PyUnicode_InternFromString("_unstable_generation")) ||
+        !(l.s_ksm_scan = PyUnicode_InternFromString("ksm_scan")) ||
+        !(l.s_seqnr = PyUnicode_InternFromString("seqnr")) ||
+        !(l.s_unstable_root = PyUnicode_InternFromString("root_unstable_tree")) ||
+        !(l.s_unshared = PyUnicode_InternFromString("ksm_pages_unshared")))
+        return NULL;
+    l.unstable_flag = PyLong_AsLong(args[19]);
+    l.seqnr_mask = PyLong_AsLong(args[20]);
+    l.stable_flag = PyLong_AsLong(args[21]);
+    if (PyErr_Occurred())
         return NULL;
     Py_INCREF(l.work_type);
     Py_INCREF(l.mm_type);
@@ -1865,6 +1879,9 @@ typedef struct {
     PyObject *ksm, *mm_slot, *work, *mm, *calc;
     PyObject *merge;            /* ksm._visit_merge: None, or what the merge step needs */
     PyObject *root;             /* the stable tree's root node, when merge is set */
+    PyObject *unstable;         /* the unstable tree (an RbRoot) while its shortcut holds */
+    long seq_flags;             /* what an item inserted into it gets in its address */
+    long seqnr;                 /* ksm_scan.seqnr */
     int content, ready;
     long allow, allocated, scanned;
 } visit_ctx;
@@ -1872,6 +1889,8 @@ typedef struct {
 static PyObject *speedups_stable_find(PyObject *, PyObject *const *, Py_ssize_t);
 static PyObject *speedups_merge_fused(PyObject *, PyObject *const *, Py_ssize_t);
 static PyObject *speedups_free_scanned(PyObject *, PyObject *const *, Py_ssize_t);
+static PyObject *speedups_unstable_skip(PyObject *, PyObject *const *, Py_ssize_t);
+static PyObject *speedups_rb_insert_color(PyObject *, PyObject *const *, Py_ssize_t);
 
 /* Look up, once a call needs them, the objects the shortcut works with: 0, or -1 on error. */
 static int
@@ -1892,13 +1911,24 @@ visit_ctx_ready(visit_ctx *ctx)
     Py_DECREF(content);
     if (ctx->content < 0)
         return -1;
+    {
+        PyObject *scan = PyObject_GetAttr(ctx->ksm, visit_layout.s_ksm_scan);
+        PyObject *seqnr = scan ? PyObject_GetAttr(scan, visit_layout.s_seqnr) : NULL;
+        Py_XDECREF(scan);
+        if (seqnr == NULL)
+            return -1;
+        ctx->seqnr = PyLong_AsLong(seqnr);
+        Py_DECREF(seqnr);
+        if (ctx->seqnr == -1 && PyErr_Occurred())
+            return -1;
+    }
     ctx->merge = PyObject_GetAttr(ctx->ksm, visit_layout.s_merge);
     if (ctx->merge == NULL)
         return -1;
     if (ctx->merge != Py_None) {
         PyObject *tree;
-        if (!PyTuple_Check(ctx->merge) || PyTuple_GET_SIZE(ctx->merge) != 8) {
-            PyErr_SetString(PyExc_TypeError, "scan_ptes: ksm._visit_merge is not an 8-tuple");
+        if (!PyTuple_Check(ctx->merge) || PyTuple_GET_SIZE(ctx->merge) != 9) {
+            PyErr_SetString(PyExc_TypeError, "scan_ptes: ksm._visit_merge is not a 9-tuple");
             return -1;
         }
         tree = PyObject_GetAttr(ctx->ksm, visit_layout.s_root);
@@ -1908,6 +1938,29 @@ visit_ctx_ready(visit_ctx *ctx)
         Py_DECREF(tree);
         if (ctx->root == NULL)
             return -1;
+        if (PyObject_IsTrue(PyTuple_GET_ITEM(ctx->merge, 8)) == 1) {
+            /* unstable_skip holds while no pte changed what it maps since the tree was
+             * emptied: the zone's map_generation still the one recorded then. */
+            PyObject *gen = PyObject_GetAttr(PyTuple_GET_ITEM(ctx->merge, 6),
+                                             visit_layout.s_map_generation);
+            PyObject *mine = gen ? PyObject_GetAttr(ctx->ksm, visit_layout.s_unstable_gen) : NULL;
+            int same = mine ? PyObject_RichCompareBool(gen, mine, Py_EQ) : -1;
+            long seq = ctx->seqnr;
+            Py_XDECREF(gen);
+            Py_XDECREF(mine);
+            if (same < 0)
+                return -1;
+            if (same) {
+                ctx->unstable = PyObject_GetAttr(ctx->ksm, visit_layout.s_unstable_root);
+                if (ctx->unstable == NULL)
+                    return -1;
+                if (!rb_layout.ready || !PyObject_TypeCheck(ctx->unstable, rb_layout.root_type)) {
+                    PyErr_SetString(PyExc_TypeError, "scan_ptes: root_unstable_tree");
+                    return -1;
+                }
+                ctx->seq_flags = visit_layout.unstable_flag | (seq & visit_layout.seqnr_mask);
+            }
+        }
     }
     if (!PyObject_TypeCheck(ctx->work, visit_layout.work_type) ||
         !PyObject_TypeCheck(ctx->mm, visit_layout.mm_type)) {
@@ -2028,14 +2081,27 @@ visit_page(visit_ctx *ctx, PyObject *item, PyObject *page_obj)
     address = err ? 0 : scan_long(item, scan_layout.it_address, &err);
     if (err)
         return -1;
-    /* A KSM page, an item in a tree, or the last reference: the exact path. */
-    if (flags == visit_layout.ksm_flags || (address & scan_layout.tree_flags) || count <= 1)
+    /* A KSM page or the last reference: the exact path. */
+    if (flags == visit_layout.ksm_flags || count <= 1)
         return 0;
     data = page->data;
     if (data == NULL || data == Py_None)
         return 0;
     if (visit_ctx_ready(ctx) < 0)
         return -1;
+    if (address & scan_layout.tree_flags) {
+        /* remove_rmap_item_from_tree(), cmp_and_merge_page()'s first step for this page,
+         * for an item the unstable tree held in the last pass (emptied since): uncount it
+         * and clear its flags.  A stable item, or one of this pass: the exact path. */
+        if ((address & visit_layout.stable_flag) || !(address & visit_layout.unstable_flag) ||
+            ((ctx->seqnr - address) & visit_layout.seqnr_mask) != 1)
+            return 0;
+        if (visit_attr_add(ctx->ksm, visit_layout.s_unshared, -1) < 0 ||
+            scan_set_long(item, scan_layout.it_address,
+                          (long)((unsigned long long)address & scan_layout.page_mask)) < 0)
+            return -1;
+        scan_set(item, visit_layout.it_tree_page, Py_None);
+    }
     /* calc_checksum(), with the frame's cache and content_checksum. */
     if (page->csum_of == data && page->csum != NULL) {
         csum = page->csum;
@@ -2075,6 +2141,74 @@ visit_page(visit_ctx *ctx, PyObject *item, PyObject *page_obj)
     return 1;
 }
 
+/* The rest of a ksm_do_scan() step for a page whose checksum is unchanged and that the
+ * stable tree search did not find (after n compares), when unstable_tree_search_insert()
+ * inserts it (its unstable_skip walk meets no equal page and ends at a leaf): the item is
+ * linked in with its flags and recorded page, coloured, counted, and the page's reference
+ * dropped (not the last: the page is mapped).  Nothing changes when the walk meets an equal
+ * page or a node with no recorded page (the exact path runs).  1 when done, 0 if not, -1 on
+ * error. */
+static int
+visit_insert(visit_ctx *ctx, PyObject *item, PyObject *page_obj, Py_ssize_t n)
+{
+    PageBaseObject *page = (PageBaseObject *)page_obj;
+    PyObject *t, *node, *parent, *a[2], *r;
+    Py_ssize_t n2;
+    long address, count;
+    int left, err = 0;
+    if (ctx->unstable == NULL)
+        return 0;
+    a[0] = rb_get(ctx->unstable, rb_layout.root_node);
+    a[1] = page->data;
+    t = speedups_unstable_skip(NULL, a, 2);
+    if (t == NULL)
+        return -1;
+    node = PyTuple_GET_ITEM(t, 0);
+    if (node != Py_None) {
+        Py_DECREF(t);
+        return 0;
+    }
+    parent = PyTuple_GET_ITEM(t, 1);
+    left = PyTuple_GET_ITEM(t, 2) == Py_True;
+    n2 = PyLong_AsSsize_t(PyTuple_GET_ITEM(t, 3));
+    address = scan_long(item, scan_layout.it_address, &err);
+    count = err ? 0 : pb_long(page->count, &err);
+    if (err || (n2 == -1 && PyErr_Occurred())) {
+        Py_DECREF(t);
+        return -1;
+    }
+    if (visit_slot_add(ctx->work, visit_layout.wk_memcmps, (long)(n + n2)) < 0 ||
+        scan_set_long(item, scan_layout.it_address, address | ctx->seq_flags) < 0) {
+        Py_DECREF(t);
+        return -1;
+    }
+    scan_set(item, visit_layout.it_tree_page, page_obj);
+    /* rb_link_node() */
+    rb_set(item, rb_layout.parent, parent);
+    rb_set(item, rb_layout.left, Py_None);
+    rb_set(item, rb_layout.right, Py_None);
+    rb_set(item, rb_layout.red, Py_True);
+    if (parent == Py_None)
+        rb_set(ctx->unstable, rb_layout.root_node, item);
+    else
+        rb_set(parent, left ? rb_layout.left : rb_layout.right, item);
+    Py_DECREF(t);
+    a[0] = item;
+    a[1] = ctx->unstable;
+    r = speedups_rb_insert_color(NULL, a, 2);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    if (visit_attr_add(ctx->ksm, visit_layout.s_unshared, 1) < 0)
+        return -1;
+    /* ksm_do_scan(): the page counted as scanned and the scan's reference dropped. */
+    if (visit_slot_add(ctx->work, visit_layout.wk_scanned, 1) < 0 ||
+        pb_set(&page->count, count - 1) < 0)
+        return -1;
+    ctx->scanned++;
+    return 1;
+}
+
 /* The rest of a ksm_do_scan() step for a page whose checksum is unchanged (visit_page()
  * gave 2), with the checksum tested first (6.11+), when it merges into the KSM page the
  * stable tree search takes at once (stable_find()) through the fused merge (merge_fused()):
@@ -2083,7 +2217,9 @@ visit_page(visit_ctx *ctx, PyObject *item, PyObject *page_obj)
  * when the merge is made; otherwise nothing has changed and the exact path runs.  Then the
  * page's reference is dropped as ksm_do_scan() drops it.  1 when done, 0 if not, -1 on error.
  * ksm._visit_merge is (chains, pinned, max_page_sharing, prune floor, zero checksum or None,
- * free_scanned's arguments after the page or (), the zone, free_scanned or None). */
+ * free_scanned's arguments after the page or (), the zone, free_scanned or None, whether
+ * the unstable_skip shortcut is on).  A page the search does not find may go on to
+ * visit_insert(). */
 static int
 visit_merge(visit_ctx *ctx, PyObject *item, PyObject *page_obj)
 {
@@ -2093,7 +2229,7 @@ visit_merge(visit_ctx *ctx, PyObject *item, PyObject *page_obj)
     Py_ssize_t n;
     long count;
     int err = 0;
-    if (m == NULL || m == Py_None || ctx->root == NULL || ctx->root == Py_None)
+    if (m == NULL || m == Py_None || ctx->root == NULL)
         return 0;
     zero = PyTuple_GET_ITEM(m, 4);
     if (zero != Py_None) {
@@ -2103,6 +2239,9 @@ visit_merge(visit_ctx *ctx, PyObject *item, PyObject *page_obj)
         if (eq != 0)
             return eq < 0 ? -1 : 0;
     }
+    if (ctx->root == Py_None)
+        /* An empty stable tree: the search returns at once. */
+        return visit_insert(ctx, item, page_obj, 0);
     fargs[0] = ctx->root;
     fargs[1] = page->data;
     fargs[2] = PyTuple_GET_ITEM(m, 1);
@@ -2114,8 +2253,14 @@ visit_merge(visit_ctx *ctx, PyObject *item, PyObject *page_obj)
         return -1;
     hit = PyTuple_GET_ITEM(t, 0);
     if (hit == Py_None) {
+        int r2 = 0;
+        if (PyTuple_GET_ITEM(t, 1) == Py_None) {
+            /* The search found nothing: unstable_tree_search_insert() comes next. */
+            n = PyLong_AsSsize_t(PyTuple_GET_ITEM(t, 2));
+            r2 = (n == -1 && PyErr_Occurred()) ? -1 : visit_insert(ctx, item, page_obj, n);
+        }
         Py_DECREF(t);
-        return 0;
+        return r2;
     }
     n = PyLong_AsSsize_t(PyTuple_GET_ITEM(t, 2));
     Py_INCREF(hit);
@@ -2214,7 +2359,8 @@ speedups_scan_ptes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     (void)module;
     ctx.allow = -1;
     ctx.ready = 0;
-    ctx.merge = ctx.root = NULL;
+    ctx.merge = ctx.root = ctx.unstable = NULL;
+    ctx.seq_flags = 0;
     ctx.work = ctx.mm = ctx.calc = NULL;
     ctx.allocated = ctx.scanned = 0;
     if (!scan_layout.ready) {
@@ -2227,7 +2373,8 @@ speedups_scan_ptes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     ctx.ksm = args[0];
     ctx.mm_slot = args[1];
-    ctx.merge = ctx.root = NULL;
+    ctx.merge = ctx.root = ctx.unstable = NULL;
+    ctx.seq_flags = 0;
     ctx.work = ctx.mm = ctx.calc = NULL;
     ctx.content = ctx.ready = 0;
     ctx.allow = -1;
@@ -2439,6 +2586,7 @@ done:
     Py_XDECREF(ctx.calc);
     Py_XDECREF(ctx.merge);
     Py_XDECREF(ctx.root);
+    Py_XDECREF(ctx.unstable);
     if (have_view)
         PyBuffer_Release(&view);
     Py_XDECREF(scan);

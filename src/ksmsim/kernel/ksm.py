@@ -948,7 +948,7 @@ class Ksm:
         find = self._stable_find if skip is not None else None
         pinned = self.profile.stable_node_pins_page
         floor = 0
-        if find is not None and chains:
+        if find is not None and chains and root.rb_node is not None:
             # No prune is due at a chain whose chain_prune_time is above this.
             hz = self.machine.config.hz
             floor = self.jiffies() - _msecs_to_jiffies(
@@ -1902,7 +1902,9 @@ class Ksm:
             ):
                 # With the checksum tested first, also the pages that merge into the KSM
                 # page the stable tree search takes at once, through the fused merge (the
-                # clock, and so the chains' prune test, stands still during a batch).
+                # clock, and so the chains' prune test, stands still during a batch), and,
+                # while the unstable_skip shortcut holds, those the stable tree search does
+                # not find that go into the unstable tree.
                 hz = machine.config.hz
                 floor = self.jiffies() - _msecs_to_jiffies(
                     self.ksm_stable_node_chains_prune_millisecs, hz
@@ -1916,6 +1918,7 @@ class Ksm:
                     free_args,
                     zone,
                     free_scanned,
+                    self._unstable_skip is not None,
                 )
         try:
             for _ in range(scan_npages):

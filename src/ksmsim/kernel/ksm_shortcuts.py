@@ -62,10 +62,12 @@ with ``-`` to switch it off, applied to ``all``, e.g. ``-c_helpers`` or ``none,s
     contents alone, and every frame holding the object shares it. The work counted is the
     same (a checksum whenever the frame's own cache misses). Needs ``c_helpers``.
 ``first_visit``
-    ksmd's pte loop (the C scan_ptes of ``c_helpers``) allocates a new rmap_item itself where
+    ksmd's pte loop (the C scan_ptes of ``c_helpers``) takes whole ksm_do_scan() steps in C
+    for the common cases of the first and later passes. It allocates a new rmap_item where
     get_next_rmap_item() would prune nothing (the same fields, links and counts as
     alloc_rmap_item()), and takes a page through its whole ksm_do_scan() step when all that
-    step can do is note a changed checksum: the page not KSM, its item in no tree, a
+    step can do is note a changed checksum: the page not KSM, its item in no tree (but see
+    below), a
     reference to spare, and the checksum tested before the stable tree search (6.11+) or
     the stable tree empty (its search then returns at once, changing nothing). The step is
     then: count the page scanned, compute the checksum as calc_checksum() does (its cache,
@@ -82,7 +84,14 @@ with ``-`` to switch it off, applied to ``all``, e.g. ``-c_helpers`` or ``none,s
     search's reference kept only when the merge is made, so a page that does not merge
     goes to the exact path as it was; the page's reference is then dropped as ksm_do_scan()
     drops it (``fused_free``). The chains' prune test reads the clock, which stands still
-    during a batch. The twin is the exact path. Needs ``c_helpers`` and the C frame base.
+    during a batch. Likewise a page the stable tree search does not find (its walk ending
+    past a leaf, or an empty tree) whose unstable_tree_search_insert() inserts it, while the
+    ``unstable_skip`` shortcut holds (its walk meets no equal page): the item is linked in,
+    coloured (rb_insert_color), flagged with the seqnr, given its recorded page and counted,
+    as that function does. And the removal from the tree that begins cmp_and_merge_page()
+    for an item the unstable tree held in the last pass (since emptied: uncount it, clear
+    its flags) is made here too. The twin is the exact path. Needs ``c_helpers`` and the C
+    frame base.
 ``fused_merge``
     cmp_and_merge_page() merges a page into the KSM page the stable tree search found in one
     step (Ksm.merge_with_ksm_page_fused(), beside try_to_merge_with_ksm_page()) when every
@@ -414,6 +423,7 @@ def _setup_c() -> None:
     )
     from ksmsim.kernel.ksm import (
         _ANON_PRESENT_MASK,
+        SEQNR_MASK,
         STABLE_FLAG,
         U8_MAX,
         UNSTABLE_FLAG,
@@ -527,6 +537,9 @@ def _setup_c() -> None:
             descr(MmStruct, "ksm_rmap_items"),
             PAGE_MAPPING_FLAGS,
             descr(KsmWork, "memcmps"),
+            UNSTABLE_FLAG,
+            SEQNR_MASK,
+            STABLE_FLAG,
         )
         visit_ready = True
         free_scanned_c = _speedups.free_scanned
