@@ -1793,7 +1793,7 @@ typedef struct {
     PyObject *s_work, *s_mm, *s_rmap_items, *s_pages_scanned, *s_content, *s_calc;
     PyObject *s_merge, *s_root, *s_rb_node, *s_put_page;
     PyObject *s_map_generation, *s_unstable_gen, *s_ksm_scan, *s_seqnr, *s_unstable_root;
-    PyObject *s_unshared;
+    PyObject *s_unshared, *s_checksum_first;
     Py_ssize_t wk_memcmps;
     long unstable_flag, seqnr_mask, stable_flag;
 } visit_layout_t;
@@ -1860,7 +1860,8 @@ speedups_visit_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         !(l.s_ksm_scan = PyUnicode_InternFromString("ksm_scan")) ||
         !(l.s_seqnr = PyUnicode_InternFromString("seqnr")) ||
         !(l.s_unstable_root = PyUnicode_InternFromString("root_unstable_tree")) ||
-        !(l.s_unshared = PyUnicode_InternFromString("ksm_pages_unshared")))
+        !(l.s_unshared = PyUnicode_InternFromString("ksm_pages_unshared")) ||
+        !(l.s_checksum_first = PyUnicode_InternFromString("_checksum_first")))
         return NULL;
     l.unstable_flag = PyLong_AsLong(args[19]);
     l.seqnr_mask = PyLong_AsLong(args[20]);
@@ -1882,6 +1883,7 @@ typedef struct {
     PyObject *unstable;         /* the unstable tree (an RbRoot) while its shortcut holds */
     long seq_flags;             /* what an item inserted into it gets in its address */
     long seqnr;                 /* ksm_scan.seqnr */
+    int checksum_first;         /* ksm._checksum_first */
     int content, ready;
     long allow, allocated, scanned;
 } visit_ctx;
@@ -1920,6 +1922,15 @@ visit_ctx_ready(visit_ctx *ctx)
         ctx->seqnr = PyLong_AsLong(seqnr);
         Py_DECREF(seqnr);
         if (ctx->seqnr == -1 && PyErr_Occurred())
+            return -1;
+    }
+    {
+        PyObject *cf = PyObject_GetAttr(ctx->ksm, visit_layout.s_checksum_first);
+        if (cf == NULL)
+            return -1;
+        ctx->checksum_first = PyObject_IsTrue(cf);
+        Py_DECREF(cf);
+        if (ctx->checksum_first < 0)
             return -1;
     }
     ctx->merge = PyObject_GetAttr(ctx->ksm, visit_layout.s_merge);
@@ -2081,9 +2092,27 @@ visit_page(visit_ctx *ctx, PyObject *item, PyObject *page_obj)
     address = err ? 0 : scan_long(item, scan_layout.it_address, &err);
     if (err)
         return -1;
-    /* A KSM page or the last reference: the exact path. */
-    if (flags == visit_layout.ksm_flags || count <= 1)
+    if (count <= 1)
         return 0;
+    if (flags == visit_layout.ksm_flags) {
+        /* A KSM page: ksm_do_scan() leaves it alone when it is on its item's node (6.11+:
+         * cmp_and_merge_page() would return at once), or its item is stable (before). */
+        int skip;
+        if (visit_ctx_ready(ctx) < 0)
+            return -1;
+        if (ctx->checksum_first)
+            skip = page->mapping != Py_None &&
+                   *(PyObject **)((char *)item + visit_layout.it_head) == page->mapping;
+        else
+            skip = (address & visit_layout.stable_flag) != 0;
+        if (!skip)
+            return 0;
+        if (visit_slot_add(ctx->work, visit_layout.wk_scanned, 1) < 0 ||
+            pb_set(&page->count, count - 1) < 0)
+            return -1;
+        ctx->scanned++;
+        return 1;
+    }
     data = page->data;
     if (data == NULL || data == Py_None)
         return 0;

@@ -90,8 +90,9 @@ with ``-`` to switch it off, applied to ``all``, e.g. ``-c_helpers`` or ``none,s
     coloured (rb_insert_color), flagged with the seqnr, given its recorded page and counted,
     as that function does. And the removal from the tree that begins cmp_and_merge_page()
     for an item the unstable tree held in the last pass (since emptied: uncount it, clear
-    its flags) is made here too. The twin is the exact path. Needs ``c_helpers`` and the C
-    frame base.
+    its flags) is made here too. So is the step of a KSM page that ksm_do_scan() leaves
+    alone (on its item's node, 6.11+; its item stable, before): count it, drop the
+    reference. The twin is the exact path. Needs ``c_helpers`` and the C frame base.
 ``fused_merge``
     cmp_and_merge_page() merges a page into the KSM page the stable tree search found in one
     step (Ksm.merge_with_ksm_page_fused(), beside try_to_merge_with_ksm_page()) when every
