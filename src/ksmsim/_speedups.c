@@ -2639,10 +2639,11 @@ typedef struct {
     Py_ssize_t av_refcount, sn_hlist, sn_hlist_len, wk_memcmps, wk_merges;
     long tree_flags, stable_flag;
     unsigned long long vm_mergeable, vm_locked;
-    long mapping_anon, mapping_ksm, pg_locked, pg_dirty, pg_swapcache;
+    long mapping_anon, mapping_ksm, pg_locked, pg_dirty, pg_swapcache, pg_referenced;
     unsigned long long present_mask, present, pte_rw, pte_dirty, pte_accessed;
     long ptrs_per_pte, page_shift;
     PyObject *s_work, *s_machine, *s_wp_dirty, *s_sharing, *s_shared, *s_nr_anon;
+    PyObject *s_fmv, *s_remove;
 } merge_layout_t;
 
 static merge_layout_t merge_layout;
@@ -2659,8 +2660,8 @@ speedups_merge_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     merge_layout_t l;
     int i;
     (void)module;
-    if (nargs != 42) {
-        PyErr_SetString(PyExc_TypeError, "merge_setup() takes exactly 42 arguments");
+    if (nargs != 43) {
+        PyErr_SetString(PyExc_TypeError, "merge_setup() takes exactly 43 arguments");
         return NULL;
     }
     for (i = 0; i < 6; i++) {
@@ -2712,6 +2713,7 @@ speedups_merge_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     l.pte_accessed = PyLong_AsUnsignedLongLong(args[39]);
     l.ptrs_per_pte = PyLong_AsLong(args[40]);
     l.page_shift = PyLong_AsLong(args[41]);
+    l.pg_referenced = PyLong_AsLong(args[42]);
     if (PyErr_Occurred())
         return NULL;
     if (!(l.s_work = PyUnicode_InternFromString("work")) ||
@@ -2719,7 +2721,9 @@ speedups_merge_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         !(l.s_wp_dirty = PyUnicode_InternFromString("_wp_dirty")) ||
         !(l.s_sharing = PyUnicode_InternFromString("ksm_pages_sharing")) ||
         !(l.s_shared = PyUnicode_InternFromString("ksm_pages_shared")) ||
-        !(l.s_nr_anon = PyUnicode_InternFromString("nr_anon_pages")))
+        !(l.s_nr_anon = PyUnicode_InternFromString("nr_anon_pages")) ||
+        !(l.s_fmv = PyUnicode_InternFromString("_find_mergeable_vma")) ||
+        !(l.s_remove = PyUnicode_InternFromString("remove_rmap_item_from_tree")))
         return NULL;
     for (i = 0; i < 6; i++)
         Py_INCREF(args[i]);
@@ -2798,37 +2802,20 @@ PyDoc_STRVAR(merge_fused_doc,
 "Ksm.merge_with_ksm_page_fused(): merge page into kpage in one step when the\n"
 "common case's conditions hold (True), else change nothing (False).");
 
+/* The fused merge: with stable_step, Ksm.merge_with_ksm_page_fused(); without,
+ * Ksm.try_to_merge_with_ksm_page_fused() (kpage NULL: the page upgraded in place). */
 static PyObject *
-speedups_merge_fused(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+merge_core(PyObject *ksm, PyObject *item, PageBaseObject *page, PageBaseObject *kpage,
+           int stable_step)
 {
-    PyObject *ksm, *item, *mm, *vma, *anon_vma, *node, *pgd, *key, *table, *work = NULL;
+    PyObject *mm, *vma, *anon_vma, *node = NULL, *pgd, *key, *table, *work = NULL;
     PyObject *wp = NULL, *first;
-    PageBaseObject *page, *kpage;
     Py_buffer view;
     long address, addr, vm_start, vm_end, vm_pgoff, users, pflags, kflags, count, mapcount;
     long kmapcount, swapped;
     unsigned long long vm_flags, pte, newpte;
     Py_ssize_t idx;
-    int err = 0, dirty, c, ok = 0;
-    (void)module;
-    if (!merge_layout.ready || !layout.ready) {
-        PyErr_SetString(PyExc_RuntimeError, "merge_fused() before merge_setup()");
-        return NULL;
-    }
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "merge_fused() takes exactly 4 arguments");
-        return NULL;
-    }
-    ksm = args[0];
-    item = args[1];
-    if (!PyObject_TypeCheck(item, merge_layout.item_type) ||
-        !PyObject_TypeCheck(args[2], &PageBase_Type) ||
-        !PyObject_TypeCheck(args[3], &PageBase_Type)) {
-        PyErr_SetString(PyExc_TypeError, "merge_fused: an rmap_item and two frames");
-        return NULL;
-    }
-    page = (PageBaseObject *)args[2];
-    kpage = (PageBaseObject *)args[3];
+    int err = 0, dirty, six, c, ok = 0;
     mm = MSLOT(item, merge_layout.it_mm);
     if (mm == NULL || !PyObject_TypeCheck(mm, merge_layout.mm_type)) {
         PyErr_SetString(PyExc_TypeError, "merge_fused: rmap_item.mm is not an mm");
@@ -2838,7 +2825,7 @@ speedups_merge_fused(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     users = err ? 0 : scan_long(mm, merge_layout.mm_users, &err);
     if (err)
         return NULL;
-    if ((address & merge_layout.tree_flags) || users == 0)
+    if ((stable_step && (address & merge_layout.tree_flags)) || users == 0)
         Py_RETURN_FALSE;
     addr = address & ~((1L << merge_layout.page_shift) - 1);
     vma = MSLOT(mm, merge_layout.mm_cache);
@@ -2870,17 +2857,23 @@ speedups_merge_fused(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if ((vm_flags & (merge_layout.vm_mergeable | merge_layout.vm_locked)) !=
             merge_layout.vm_mergeable || anon_vma == Py_None)
         Py_RETURN_FALSE;
-    node = kpage->mapping;
-    kflags = pb_long(kpage->flags, &err);
-    c = err ? 0 : (int)pb_long(kpage->mapping_flags, &err);
-    if (err)
-        return NULL;
-    if (page == kpage || c != merge_layout.mapping_ksm || node == NULL || node == Py_None ||
-        (kflags & merge_layout.pg_locked))
-        Py_RETURN_FALSE;
-    if (!PyObject_TypeCheck(node, merge_layout.stable_type)) {
-        PyErr_SetString(PyExc_TypeError, "merge_fused: a KSM page's mapping is no stable node");
-        return NULL;
+    if (kpage != NULL) {
+        node = kpage->mapping;
+        kflags = pb_long(kpage->flags, &err);
+        c = err ? 0 : (int)pb_long(kpage->mapping_flags, &err);
+        if (err)
+            return NULL;
+        if (page == kpage || c != merge_layout.mapping_ksm)
+            Py_RETURN_FALSE;
+        if (stable_step) {
+            if (node == NULL || node == Py_None || (kflags & merge_layout.pg_locked))
+                Py_RETURN_FALSE;
+            if (!PyObject_TypeCheck(node, merge_layout.stable_type)) {
+                PyErr_SetString(PyExc_TypeError,
+                                "merge_fused: a KSM page's mapping is no stable node");
+                return NULL;
+            }
+        }
     }
     c = (int)pb_long(page->mapping_flags, &err);
     pflags = err ? 0 : pb_long(page->flags, &err);
@@ -2889,7 +2882,7 @@ speedups_merge_fused(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (err)
         return NULL;
     if (c != merge_layout.mapping_anon || page->mapping != anon_vma ||
-        (pflags & merge_layout.pg_locked) || count < 2 ||
+        (pflags & merge_layout.pg_locked) || (kpage != NULL && count < 2) ||
         vm_start + (page->index - vm_pgoff) * (1L << merge_layout.page_shift) != addr)
         Py_RETURN_FALSE;
     pgd = MSLOT(mm, merge_layout.mm_pgd);
@@ -2923,10 +2916,10 @@ speedups_merge_fused(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     wp = PyObject_GetAttr(ksm, merge_layout.s_wp_dirty);
     if (wp == NULL)
         goto done;
-    dirty = PyObject_IsTrue(wp);
-    if (dirty < 0)
+    six = PyObject_IsTrue(wp);
+    if (six < 0)
         goto done;
-    dirty = dirty && (pte & merge_layout.pte_dirty);
+    dirty = six && (pte & merge_layout.pte_dirty);
     if ((pte & merge_layout.pte_rw) || dirty) {
         mapcount = pb_long(page->mapcount, &err);
         if (err)
@@ -2937,38 +2930,58 @@ speedups_merge_fused(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             goto done_ok;
         }
     }
-    if (page->data == NULL || kpage->data == NULL || page->data == Py_None ||
-        kpage->data == Py_None) {
-        ok = 0;
-        goto done_ok;
-    }
-    c = contents_cmp(page->data, kpage->data);
-    if (c == -2)
-        goto done;
-    if (c != 0) {
-        ok = 0;
-        goto done_ok;
+    if (kpage != NULL) {
+        if (page->data == NULL || kpage->data == NULL || page->data == Py_None ||
+            kpage->data == Py_None) {
+            ok = 0;
+            goto done_ok;
+        }
+        c = contents_cmp(page->data, kpage->data);
+        if (c == -2)
+            goto done;
+        if (c != 0) {
+            ok = 0;
+            goto done_ok;
+        }
     }
     /* Every condition holds: from here on the merge is made. */
+    work = PyObject_GetAttr(ksm, merge_layout.s_work);
+    if (work == NULL)
+        goto done;
+    if (!PyObject_TypeCheck(work, merge_layout.work_type)) {
+        PyErr_SetString(PyExc_TypeError, "merge_fused: ksm.work is not a KsmWork");
+        goto done;
+    }
+    if (dirty) {
+        pflags |= merge_layout.pg_dirty;
+        if (pb_set(&page->flags, pflags) < 0)
+            goto done;
+    }
+    if (kpage == NULL) {
+        /* write_protect_page()'s pte, then the upgrade in place of try_to_merge_one_page(). */
+        if ((pte & merge_layout.pte_rw) || dirty) {
+            newpte = pte & ~merge_layout.pte_rw;
+            if (six)
+                newpte &= ~merge_layout.pte_dirty;
+            ((unsigned long long *)view.buf)[idx] = newpte;
+        }
+        Py_INCREF(Py_None);
+        Py_XSETREF(page->mapping, Py_None);
+        if (pb_set(&page->mapping_flags, merge_layout.mapping_ksm) < 0 ||
+            pb_set(&page->flags, pflags | merge_layout.pg_referenced | merge_layout.pg_dirty) < 0 ||
+            slot_add(work, merge_layout.wk_merges, 1) < 0)
+            goto done;
+    }
     mapcount = pb_long(page->mapcount, &err);
-    kmapcount = err ? 0 : pb_long(kpage->mapcount, &err);
-    {
+    kmapcount = (err || kpage == NULL) ? 0 : pb_long(kpage->mapcount, &err);
+    if (kpage != NULL) {
         long kcount = err ? 0 : pb_long(kpage->count, &err);
         if (err)
             goto done;
-        work = PyObject_GetAttr(ksm, merge_layout.s_work);
-        if (work == NULL)
-            goto done;
-        if (!PyObject_TypeCheck(work, merge_layout.work_type)) {
-            PyErr_SetString(PyExc_TypeError, "merge_fused: ksm.work is not a KsmWork");
-            goto done;
-        }
-        if (dirty && pb_set(&page->flags, pflags | merge_layout.pg_dirty) < 0)
-            goto done;
         if (slot_add(work, merge_layout.wk_memcmps, 1) < 0)
             goto done;
-        /* kpage gains a reference and a mapping (and loses the search's reference below). */
-        if (pb_set(&kpage->mapcount, kmapcount + 1) < 0)
+        /* replace_page(): kpage gains a reference and a mapping. */
+        if (pb_set(&kpage->count, kcount + 1) < 0 || pb_set(&kpage->mapcount, kmapcount + 1) < 0)
             goto done;
         if (kmapcount + 1 == 1) {
             PyObject *machine = PyObject_GetAttr(ksm, merge_layout.s_machine);
@@ -2999,9 +3012,29 @@ speedups_merge_fused(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             goto done;
         if (slot_add(work, merge_layout.wk_merges, 1) < 0)
             goto done;
-        /* hold_anon_vma() */
-        scan_set(item, merge_layout.it_anon_vma, anon_vma);
-        if (slot_add(anon_vma, merge_layout.av_refcount, 1) < 0)
+        (void)kcount;
+    }
+    if (!stable_step && (address & merge_layout.tree_flags)) {
+        /* try_to_merge_with_ksm_page() takes the item out of its tree here (3.x+). */
+        PyObject *fmv = PyObject_GetAttr(ksm, merge_layout.s_fmv), *r;
+        int yes = fmv ? PyObject_IsTrue(fmv) : -1;
+        Py_XDECREF(fmv);
+        if (yes < 0)
+            goto done;
+        if (yes) {
+            r = PyObject_CallMethodOneArg(ksm, merge_layout.s_remove, item);
+            if (r == NULL)
+                goto done;
+            Py_DECREF(r);
+        }
+    }
+    /* hold_anon_vma() */
+    scan_set(item, merge_layout.it_anon_vma, anon_vma);
+    if (slot_add(anon_vma, merge_layout.av_refcount, 1) < 0)
+        goto done;
+    if (stable_step) {
+        long kcount = pb_long(kpage->count, &err);
+        if (err)
             goto done;
         /* stable_tree_append() */
         if (slot_add(node, merge_layout.sn_hlist_len, 1) < 0)
@@ -3030,8 +3063,8 @@ speedups_merge_fused(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         scan_set(node, merge_layout.sn_hlist, item);
         if (slot_add(mm, merge_layout.mm_merging, 1) < 0)
             goto done;
-        /* put_page(kpage): the search's reference; get_page() above took one. */
-        if (pb_set(&kpage->count, kcount) < 0)
+        /* put_page(kpage): the search's reference. */
+        if (pb_set(&kpage->count, kcount - 1) < 0)
             goto done;
     }
     ok = 1;
@@ -3047,6 +3080,57 @@ done:
     Py_XDECREF(wp);
     Py_XDECREF(work);
     return NULL;
+}
+
+static int
+merge_args(PyObject *const *args, Py_ssize_t nargs, int none_ok, const char *name)
+{
+    if (!merge_layout.ready || !layout.ready) {
+        PyErr_Format(PyExc_RuntimeError, "%s() before merge_setup()", name);
+        return -1;
+    }
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "%s() takes exactly 4 arguments", name);
+        return -1;
+    }
+    if (!PyObject_TypeCheck(args[1], merge_layout.item_type) ||
+        !PyObject_TypeCheck(args[2], &PageBase_Type) ||
+        !((none_ok && args[3] == Py_None) || PyObject_TypeCheck(args[3], &PageBase_Type))) {
+        PyErr_Format(PyExc_TypeError, "%s: an rmap_item and two frames", name);
+        return -1;
+    }
+    if (!PyObject_TypeCheck(MSLOT(args[1], merge_layout.it_mm), merge_layout.mm_type)) {
+        PyErr_Format(PyExc_TypeError, "%s: rmap_item.mm is not an mm", name);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+speedups_merge_fused(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (merge_args(args, nargs, 0, "merge_fused") < 0)
+        return NULL;
+    return merge_core(args[0], args[1], (PageBaseObject *)args[2], (PageBaseObject *)args[3],
+                      1);
+}
+
+PyDoc_STRVAR(try_merge_fused_doc,
+"try_merge_fused(ksm, rmap_item, page, kpage_or_None, /)\n"
+"--\n"
+"\n"
+"Ksm.try_to_merge_with_ksm_page_fused(): try_to_merge_with_ksm_page() in one step\n"
+"when the common case's conditions hold (True), else change nothing (False).");
+
+static PyObject *
+speedups_try_merge_fused(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (merge_args(args, nargs, 1, "try_merge_fused") < 0)
+        return NULL;
+    return merge_core(args[0], args[1], (PageBaseObject *)args[2],
+                      args[3] == Py_None ? NULL : (PageBaseObject *)args[3], 0);
 }
 
 /* ---------------------------------------------------------------------------
@@ -3175,6 +3259,8 @@ static PyMethodDef speedups_methods[] = {
      merge_setup_doc},
     {"merge_fused", (PyCFunction)(void (*)(void))speedups_merge_fused, METH_FASTCALL,
      merge_fused_doc},
+    {"try_merge_fused", (PyCFunction)(void (*)(void))speedups_try_merge_fused, METH_FASTCALL,
+     try_merge_fused_doc},
     {"free_scanned", (PyCFunction)(void (*)(void))speedups_free_scanned, METH_FASTCALL,
      free_scanned_doc},
     {NULL, NULL, 0, NULL},

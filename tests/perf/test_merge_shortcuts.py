@@ -396,3 +396,42 @@ def test_first_visit_merges() -> None:
     host.scan(2)
     assert host.counters()["pages_sharing"] == 95
     assert calls[0] < 10
+
+
+# -- try_to_merge_with_ksm_page() fused ---------------------------------------------------------
+TRY_MODES = ("ksm", "upgrade", "upgrade_unstable")
+
+
+@needs_c
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("mode", TRY_MODES)
+@pytest.mark.parametrize("mutation", sorted(set(MUTATIONS) - {"item_in_tree"}))
+def test_try_merge_fused_c_twin_and_exact(kernel: str, mode: str, mutation: str) -> None:
+    """try_to_merge_with_ksm_page()'s fused step: into a KSM page, or the page upgraded in
+    place (with its item in the unstable tree, which the exact function then takes it out
+    of on 3.x+ kernels)."""
+    assert ks.try_merge_fused_c is not None
+
+    def build() -> tuple[Host, RmapItem, Page, Page | None]:
+        host, (item, page, kpage) = _case(kernel, mutation)
+        if mode == "upgrade_unstable" and not item.address & 0x300:
+            assert host.ksm.unstable_tree_search_insert(item, page) is None
+        return host, item, page, kpage if mode == "ksm" else None
+
+    h_c, i_c, p_c, k_c = build()
+    h_py, i_py, p_py, k_py = build()
+    before = _dump(h_py, i_py)
+    got_c = ks.try_merge_fused_c(h_c.ksm, i_c, p_c, k_c)
+    got_py = Ksm.try_to_merge_with_ksm_page_fused(h_py.ksm, i_py, p_py, k_py)
+    assert got_c is got_py
+    if mutation == "none":
+        assert got_py
+    after_c, after_py = _dump(h_c, i_c), _dump(h_py, i_py)
+    assert first_difference(after_c, after_py) is None
+    if not got_py:
+        assert first_difference(after_py, before) is None
+        return
+    h_x, i_x, p_x, k_x = build()
+    h_x.ksm._fused_try = None
+    assert h_x.ksm.try_to_merge_with_ksm_page(i_x, p_x, k_x) == 0
+    assert first_difference(after_py, _dump(h_x, i_x)) is None

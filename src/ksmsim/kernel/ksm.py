@@ -33,6 +33,7 @@ from ksmsim.kernel.ksm_shortcuts import (
     scan_ptes_function,
     skip_functions,
     stable_find_function,
+    try_merge_function,
 )
 from ksmsim.kernel.memory import (
     VM_FAULT_OOM,
@@ -411,7 +412,9 @@ class Ksm:
         """Deliberate bugs the interleaving explorer may switch on (``ksmsim check --mutation``);
         empty in every ordinary run."""
         self._checksum_first = profile.checksum_before_stable_tree
-        self._wp_dirty = profile.write_protect_dirty_ptes  # for the C twin of the fused merge
+        # For the C twins of the fused merges.
+        self._wp_dirty = profile.write_protect_dirty_ptes
+        self._find_mergeable_vma = profile.find_mergeable_vma
         self.set_shortcuts(default_shortcuts())
 
     def set_shortcuts(self, shortcuts: Shortcuts) -> None:
@@ -430,6 +433,9 @@ class Ksm:
         self._visit_until: int | None = None
         # While it may also take pages that merge into the stable tree (see ksm_do_scan()).
         self._visit_merge: tuple[Any, ...] | None = None
+        self._fused_try = try_merge_function(shortcuts) or (
+            Ksm.try_to_merge_with_ksm_page_fused if shortcuts.fused_merge else None
+        )
         self._fused_merge = fused_merge_function(shortcuts) or (
             Ksm.merge_with_ksm_page_fused if shortcuts.fused_merge else None
         )
@@ -1310,6 +1316,16 @@ class Ksm:
     ) -> int:
         """Merge the item's page into an existing KSM page (or, with None, upgrade it in
         place): try_to_merge_with_ksm_page()."""
+        fused = self._fused_try
+        if (
+            fused is not None
+            and self.machine.preempt is None
+            and not self.mutations
+            and fused(self, rmap_item, page, kpage)
+        ):
+            # Shortcut fused_merge: the steps below in one call for the common case (see
+            # try_to_merge_with_ksm_page_fused()).
+            return 0
         mm = rmap_item.mm
         addr = rmap_item.address & PAGE_MASK
         if self.profile.find_mergeable_vma:
@@ -1331,6 +1347,89 @@ class Ksm:
             self.remove_rmap_item_from_tree(rmap_item)
         self.hold_anon_vma(rmap_item, vma.anon_vma)
         return 0
+
+    def try_to_merge_with_ksm_page_fused(
+        self, rmap_item: RmapItem, page: Page, kpage: Page | None
+    ) -> bool:
+        """Do what try_to_merge_with_ksm_page() does in the common case, in one step, or
+        return False, having changed nothing (shortcut ``fused_merge``; the C twin is
+        ``try_merge_fused`` of ksmsim._speedups).
+
+        The conditions are merge_with_ksm_page_fused()'s, but for those on the item and on
+        ``kpage`` beyond its being a KSM page other than the page (nothing here locks it or
+        appends to its node), and with ``kpage`` None (the page upgraded in place) those on
+        ``kpage`` and the contents. The steps of that case: write_protect_page()'s pte (and
+        PG_dirty from a dirty pte, 6.x), the page made a KSM page with no node, marked
+        referenced and dirty, a merge counted; otherwise replace_page()'s. Then, as the exact
+        function does, the item taken out of its tree (3.x+) and the anon_vma held.
+        """
+        mm = rmap_item.mm
+        address = rmap_item.address
+        if mm.mm_users == 0:
+            return False
+        addr = address & PAGE_MASK
+        vma = mm.mmap_cache
+        if vma is None or not vma.vm_start <= addr < vma.vm_end:
+            return False
+        anon_vma = vma.anon_vma
+        if vma.vm_flags & (VM_MERGEABLE | VM_LOCKED) != VM_MERGEABLE or anon_vma is None:
+            return False
+        if kpage is not None and (page is kpage or kpage.mapping_flags != PAGE_MAPPING_FLAGS):
+            return False
+        if (
+            page.mapping_flags != PAGE_MAPPING_ANON
+            or page.mapping is not anon_vma
+            or page.flags & PG_locked
+            or (kpage is not None and page.count < 2)
+            or vma.vm_start + ((page.index - vma.vm_pgoff) << PAGE_SHIFT) != addr
+        ):
+            return False
+        vpn = addr >> PAGE_SHIFT
+        table = mm.pgd.get(vpn >> 9)
+        if table is None:
+            return False
+        idx = vpn & (PTRS_PER_PTE - 1)
+        pte = table[idx]
+        if pte & _ANON_PRESENT_MASK != _PAGE_PRESENT or pte >> PAGE_SHIFT != page.pfn:
+            return False
+        six = self.profile.write_protect_dirty_ptes
+        dirty = six and pte & _PAGE_DIRTY
+        protect = pte & _PAGE_RW or dirty
+        if protect:
+            swapped = 1 if page.flags & PG_swapcache else 0
+            if page.mapcount + 1 + swapped != page.count:
+                return False
+        if kpage is not None and page.data != kpage.data:
+            return False
+        if dirty:
+            page.flags |= PG_dirty
+        work = self.work
+        if kpage is None:
+            # write_protect_page(), then the upgrade in place of try_to_merge_one_page().
+            if protect:
+                table[idx] = (pte & ~_PAGE_DIRTY if six else pte) & ~_PAGE_RW
+            page.mapping = None
+            page.mapping_flags = PAGE_MAPPING_FLAGS
+            page.flags |= PG_referenced | PG_dirty
+            work.merges += 1
+        else:
+            # replace_page().
+            work.memcmps += 1
+            kpage.count += 1
+            kpage.mapcount += 1
+            if kpage.mapcount == 1:
+                self.machine.nr_anon_pages += 1
+            table[idx] = (kpage.pfn << PAGE_SHIFT) | _PAGE_PRESENT | _PAGE_ACCESSED
+            page.mapcount -= 1
+            if page.mapcount == 0:
+                self.machine.nr_anon_pages -= 1
+            page.count -= 1
+            work.merges += 1
+        if self.profile.find_mergeable_vma and address & (STABLE_FLAG | UNSTABLE_FLAG):
+            self.remove_rmap_item_from_tree(rmap_item)
+        rmap_item.anon_vma = anon_vma
+        anon_vma.ksm_refcount += 1
+        return True
 
     def merge_with_ksm_page_fused(self, rmap_item: RmapItem, page: Page, kpage: Page) -> bool:
         """Merge the item's page into the KSM page the stable tree search found, as

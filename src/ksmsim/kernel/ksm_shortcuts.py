@@ -105,7 +105,13 @@ with ``-`` to switch it off, applied to ``all``, e.g. ``-c_helpers`` or ``none,s
     counted, the same pte, counts, flags, anon_vma hold and hlist); the locks they take and
     release leave the flags as they were, and the pte values they write on the way are
     overwritten. The conditions are tested before anything changes; when one fails the exact
-    steps run. Its C twin (``c_helpers``) makes the same tests and changes.
+    steps run. Its C twin (``c_helpers``) makes the same tests and changes. Likewise
+    try_to_merge_with_ksm_page() itself (try_to_merge_with_ksm_page_fused(), for the merges
+    of two pages found equal in the unstable tree): the same conditions but for those on the
+    item and on ``kpage`` beyond its being another KSM page, or with ``kpage`` None, the page
+    upgraded in place (write-protected, made a KSM page with no node, referenced and dirty);
+    then the item taken out of its tree (the very call the exact function makes, 3.x+) and
+    the anon_vma held.
 ``fused_free``
     ksm_do_scan()'s put_page() of the last reference to a page (the one a merge left) frees
     it in one C call (free_scanned of ksmsim._speedups) when the machine's free hook is its
@@ -349,6 +355,7 @@ DupSkip = Callable[[Any, Any, int, int, bool, bool], tuple[Any, Any, int, bool]]
 dup_skip_c: DupSkip | None = None
 scan_ptes_c: Callable[..., Any] | None = None
 merge_fused_c: Callable[..., bool] | None = None
+try_merge_fused_c: Callable[..., bool] | None = None
 free_scanned_c: Callable[..., bool] | None = None
 stable_find_c: Callable[..., tuple[Any, Any, int]] | None = None
 visit_ready = False
@@ -371,7 +378,7 @@ PageText: Any = _page_text_type()
 def _setup_c() -> None:
     """Hand the node and page layouts to the C walks, if the extension was built."""
     global unstable_skip_c, stable_skip_c, dup_skip_c, rb_insert_color_c, scan_ptes_c
-    global merge_fused_c, visit_ready, free_scanned_c, stable_find_c
+    global merge_fused_c, visit_ready, free_scanned_c, stable_find_c, try_merge_fused_c
     global HAVE_C_HELPERS
     try:
         from ksmsim import _speedups
@@ -379,7 +386,7 @@ def _setup_c() -> None:
         return
     needed: tuple[str, ...] = ("tree_setup", "unstable_skip", "stable_skip", "dup_skip", "rb_setup")
     needed += ("scan_setup", "scan_ptes", "merge_setup", "merge_fused", "visit_setup")
-    needed += ("free_scanned", "find_setup", "stable_find")
+    needed += ("free_scanned", "find_setup", "stable_find", "try_merge_fused")
     if not all(hasattr(_speedups, name) for name in needed):
         return  # pragma: no cover - a stale build: the pure-Python twins run
     from ksmsim.kernel.ksm import RmapItem, StableNode
@@ -468,7 +475,7 @@ def _setup_c() -> None:
         MmStruct,
         VmArea,
     )
-    from ksmsim.kernel.page import PG_dirty, PG_locked, PG_swapcache
+    from ksmsim.kernel.page import PG_dirty, PG_locked, PG_referenced, PG_swapcache
     from ksmsim.kernel.rmap import AnonVma
 
     if Page.__base__ is _speedups.PageBase:
@@ -516,8 +523,10 @@ def _setup_c() -> None:
             _PAGE_ACCESSED,
             PTRS_PER_PTE,
             PAGE_SHIFT,
+            PG_referenced,
         )
         merge_fused_c = _speedups.merge_fused
+        try_merge_fused_c = _speedups.try_merge_fused
         _speedups.visit_setup(
             KsmWork,
             MmStruct,
@@ -579,6 +588,14 @@ def fused_free_function(shortcuts: Shortcuts) -> Callable[..., bool] | None:
     if shortcuts.c_helpers and not HAVE_C_HELPERS:
         _setup_c()
     return free_scanned_c if shortcuts.fused_free and shortcuts.c_helpers else None
+
+
+def try_merge_function(shortcuts: Shortcuts) -> Callable[..., bool] | None:
+    """Return the C twin of Ksm.try_to_merge_with_ksm_page_fused() with ``fused_merge`` and
+    ``c_helpers``, else None (use the method, or with ``fused_merge`` off, no shortcut)."""
+    if shortcuts.c_helpers and not HAVE_C_HELPERS:
+        _setup_c()
+    return try_merge_fused_c if shortcuts.fused_merge and shortcuts.c_helpers else None
 
 
 def fused_merge_function(shortcuts: Shortcuts) -> Callable[..., bool] | None:
