@@ -1879,7 +1879,7 @@ speedups_visit_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 typedef struct {
     PyObject *ksm, *mm_slot, *work, *mm, *calc;
     PyObject *merge;            /* ksm._visit_merge: None, or what the merge step needs */
-    PyObject *root;             /* the stable tree's root node, when merge is set */
+    PyObject *root;             /* the stable tree (an RbRoot), when merge is set */
     PyObject *unstable;         /* the unstable tree (an RbRoot) while its shortcut holds */
     long seq_flags;             /* what an item inserted into it gets in its address */
     long seqnr;                 /* ksm_scan.seqnr */
@@ -1942,13 +1942,17 @@ visit_ctx_ready(visit_ctx *ctx)
             PyErr_SetString(PyExc_TypeError, "scan_ptes: ksm._visit_merge is not a 9-tuple");
             return -1;
         }
+        /* The stable tree (an RbRoot): its root node is read at each page, as a call back
+         * into the exact path (get_next_rmap_item(), smart scan's skip) may change it. */
         tree = PyObject_GetAttr(ctx->ksm, visit_layout.s_root);
         if (tree == NULL)
             return -1;
-        ctx->root = PyObject_GetAttr(tree, visit_layout.s_rb_node);
-        Py_DECREF(tree);
-        if (ctx->root == NULL)
+        if (!rb_layout.ready || !PyObject_TypeCheck(tree, rb_layout.root_type)) {
+            Py_DECREF(tree);
+            PyErr_SetString(PyExc_TypeError, "scan_ptes: root_stable_tree");
             return -1;
+        }
+        ctx->root = tree;
         if (PyObject_IsTrue(PyTuple_GET_ITEM(ctx->merge, 8)) == 1) {
             /* unstable_skip holds while no pte changed what it maps since the tree was
              * emptied: the zone's map_generation still the one recorded then. */
@@ -2187,6 +2191,18 @@ visit_insert(visit_ctx *ctx, PyObject *item, PyObject *page_obj, Py_ssize_t n)
     int left, err = 0;
     if (ctx->unstable == NULL)
         return 0;
+    {
+        /* The unstable_skip shortcut's condition, again: a call back into the exact path
+         * during this call could have moved map_generation. */
+        PyObject *gen = PyObject_GetAttr(PyTuple_GET_ITEM(ctx->merge, 6),
+                                         visit_layout.s_map_generation);
+        PyObject *mine = gen ? PyObject_GetAttr(ctx->ksm, visit_layout.s_unstable_gen) : NULL;
+        int same = mine ? PyObject_RichCompareBool(gen, mine, Py_EQ) : -1;
+        Py_XDECREF(gen);
+        Py_XDECREF(mine);
+        if (same <= 0)
+            return same;
+    }
     a[0] = rb_get(ctx->unstable, rb_layout.root_node);
     a[1] = page->data;
     t = speedups_unstable_skip(NULL, a, 2);
@@ -2268,10 +2284,10 @@ visit_merge(visit_ctx *ctx, PyObject *item, PyObject *page_obj)
         if (eq != 0)
             return eq < 0 ? -1 : 0;
     }
-    if (ctx->root == Py_None)
+    fargs[0] = rb_get(ctx->root, rb_layout.root_node);
+    if (fargs[0] == Py_None)
         /* An empty stable tree: the search returns at once. */
         return visit_insert(ctx, item, page_obj, 0);
-    fargs[0] = ctx->root;
     fargs[1] = page->data;
     fargs[2] = PyTuple_GET_ITEM(m, 1);
     fargs[3] = PyTuple_GET_ITEM(m, 0);
