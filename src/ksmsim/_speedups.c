@@ -1883,6 +1883,7 @@ typedef struct {
     PyObject *unstable;         /* the unstable tree (an RbRoot) while its shortcut holds */
     long seq_flags;             /* what an item inserted into it gets in its address */
     long seqnr;                 /* ksm_scan.seqnr */
+    PyObject *memo_data, *memo_csum;    /* the last contents checksummed, and the sum */
     int checksum_first;         /* ksm._checksum_first */
     int content, ready;
     long allow, allocated, scanned;
@@ -2142,10 +2143,22 @@ visit_page(visit_ctx *ctx, PyObject *item, PyObject *page_obj)
     } else {
         if (visit_slot_add(ctx->work, visit_layout.wk_checksums, 1) < 0)
             return -1;
-        if (ctx->content && Py_IS_TYPE(data, &PageText_Type))
+        if (ctx->content && Py_IS_TYPE(data, &PageText_Type)) {
             csum = pagetext_checksum((PageTextObject *)data, ctx->calc);
-        else
+        } else if (data == ctx->memo_data) {
+            /* The same immutable contents object as the last page's: the same checksum
+             * (calc is a function of the contents), counted all the same. */
+            csum = ctx->memo_csum;
+            Py_INCREF(csum);
+        } else {
             csum = PyObject_CallOneArg(ctx->calc, data);
+            if (csum != NULL && (PyBytes_CheckExact(data) || Py_IS_TYPE(data, &PageText_Type))) {
+                Py_INCREF(data);
+                Py_XSETREF(ctx->memo_data, data);
+                Py_INCREF(csum);
+                Py_XSETREF(ctx->memo_csum, csum);
+            }
+        }
         if (csum == NULL)
             return -1;
         Py_INCREF(csum);
@@ -2405,6 +2418,7 @@ speedups_scan_ptes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     ctx.allow = -1;
     ctx.ready = 0;
     ctx.merge = ctx.root = ctx.unstable = NULL;
+    ctx.memo_data = ctx.memo_csum = NULL;
     ctx.seq_flags = 0;
     ctx.work = ctx.mm = ctx.calc = NULL;
     ctx.allocated = ctx.scanned = 0;
@@ -2419,6 +2433,7 @@ speedups_scan_ptes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     ctx.ksm = args[0];
     ctx.mm_slot = args[1];
     ctx.merge = ctx.root = ctx.unstable = NULL;
+    ctx.memo_data = ctx.memo_csum = NULL;
     ctx.seq_flags = 0;
     ctx.work = ctx.mm = ctx.calc = NULL;
     ctx.content = ctx.ready = 0;
@@ -2632,6 +2647,8 @@ done:
     Py_XDECREF(ctx.merge);
     Py_XDECREF(ctx.root);
     Py_XDECREF(ctx.unstable);
+    Py_XDECREF(ctx.memo_data);
+    Py_XDECREF(ctx.memo_csum);
     if (have_view)
         PyBuffer_Release(&view);
     Py_XDECREF(scan);

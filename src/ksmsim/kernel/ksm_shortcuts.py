@@ -71,7 +71,9 @@ with ``-`` to switch it off, applied to ``all``, e.g. ``-c_helpers`` or ``none,s
     reference to spare, and the checksum tested before the stable tree search (6.11+) or
     the stable tree empty (its search then returns at once, changing nothing). The step is
     then: count the page scanned, compute the checksum as calc_checksum() does (its cache,
-    ``content_checksum``, the count of checksums), find it differs from the item's, store
+    ``content_checksum``, the count of checksums; within one call, the checksum of the very
+    contents object the last page had is reused, the function being one of the contents
+    alone), find it differs from the item's, store
     it, drop the reference, count the page in pages_scanned. A page whose checksum is
     unchanged goes on to the exact path (with the checksum in the frame's cache, where
     cmp_and_merge_page() takes it, as it would have been computed at that point). Taken
