@@ -435,3 +435,29 @@ def test_try_merge_fused_c_twin_and_exact(kernel: str, mode: str, mutation: str)
     h_x.ksm._fused_try = None
     assert h_x.ksm.try_to_merge_with_ksm_page(i_x, p_x, k_x) == 0
     assert first_difference(after_py, _dump(h_x, i_x)) is None
+
+
+def test_first_visit_unstable_tree() -> None:
+    """Unique pages: the first pass notes checksums, the later ones insert the pages into the
+    unstable tree (after taking last pass's items out of it), all in the C pte loop."""
+    if not ks.first_visit_enabled(ks.Shortcuts.all_on()):
+        pytest.skip("needs the C helpers and the C frame base")
+    with ks.using_shortcuts(ks.Shortcuts.all_on()):
+        host = Host("v6.18", ram_pages=4096)
+    host.set_tunable("smart_scan", 0)
+    for name in ("a", "b"):
+        host.spawn(name)
+        host.mmap(name, "r", 40)
+        host.fill(name, "r", "unique")
+    ksm = host.ksm
+    calls = [0]
+    original = ksm.cmp_and_merge_page
+
+    def counted(page: Page, item: RmapItem) -> None:
+        calls[0] += 1
+        original(page, item)
+
+    ksm.cmp_and_merge_page = counted  # type: ignore[method-assign]
+    host.scan(3)
+    assert host.counters()["pages_unshared"] == 80
+    assert ksm.ksm_pages_scanned == 240 and calls[0] == 0
