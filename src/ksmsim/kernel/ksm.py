@@ -985,6 +985,8 @@ class Ksm:
                     if node is None:
                         break
                 if skip is not None:
+                    # The node the walk stopped at, taken at once in the cases below (after
+                    # the C walk, only in those it leaves here, e.g. a full regular node).
                     assert isinstance(node, StableNode)
                     hit = node.page
                     if (
