@@ -18,6 +18,8 @@
  * rb_setup(...), rb_insert_color(node, root)
  *     lib/rbtree.c's insert rebalancing on ksmsim.kernel.rbtree's nodes, as
  *     the pure-Python rb_insert_color there.
+ * rb_erase(node, root)
+ *     lib/rbtree.c's erase on the same nodes, as the pure-Python rb_erase there.
  *
  * scan_setup(...), scan_ptes(ksm, mm_slot, table, idx, address, stop, smart[, allow])
  *     The pte loop of ksmd's VMA loop over one pte table, with smart scan's
@@ -1561,6 +1563,265 @@ error:
     Py_DECREF(node);
     return NULL;
 }
+
+
+/* ---------------------------------------------------------------------------
+ * rb_erase(node, root): lib/rbtree.c's erase (v2.6.33) on the nodes of
+ * ksmsim.kernel.rbtree, step for step as the pure-Python rb_erase and
+ * _rb_erase_color there (same splice, same successor, same rotations and
+ * colours); the erased node's three links are left None.  Uses rb_setup()'s
+ * layout.  (speed-merge2)
+ * ------------------------------------------------------------------------- */
+
+/* A node's link, checked to be a node when it must be one (the Python asserts). */
+static inline PyObject *
+rb_get_node(PyObject *obj, Py_ssize_t off)
+{
+    PyObject *v = rb_get(obj, off);
+    if (v == Py_None) {
+        PyErr_SetString(PyExc_AssertionError, "rb_erase: a missing node");
+        return NULL;
+    }
+    if (rb_check(v) < 0)
+        return NULL;
+    return v;
+}
+
+/* A link that may be None, checked to be a node otherwise. */
+static inline int
+rb_get_link(PyObject *obj, Py_ssize_t off, PyObject **out)
+{
+    PyObject *v = rb_get(obj, off);
+    if (v != Py_None && rb_check(v) < 0)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* Whether a node (or None) is black; -1 on error. */
+static inline int
+rb_is_black(PyObject *node)
+{
+    int red = rb_is_red(node);
+    return red < 0 ? -1 : !red;
+}
+
+/* _rb_erase_color(): repair a missing black at node (None or a node) below parent.  Every
+ * node met is linked in the tree, which holds it, so borrowed references do. */
+static int
+rb_erase_color_c(PyObject *node, PyObject *parent, PyObject *root)
+{
+    PyObject *other, *near, *far;
+    int black, near_black, far_black;
+    for (;;) {
+        black = rb_is_black(node);
+        if (black < 0)
+            return -1;
+        if (!black || node == rb_get(root, rb_layout.root_node))
+            break;
+        if (parent == Py_None) {
+            PyErr_SetString(PyExc_AssertionError, "rb_erase: a missing parent");
+            return -1;
+        }
+        if (rb_get(parent, rb_layout.left) == node) {
+            if (!(other = rb_get_node(parent, rb_layout.right)))
+                return -1;
+            if (rb_is_red(other) > 0) {
+                rb_set_red(other, 0);
+                rb_set_red(parent, 1);
+                rb_rotate_left(parent, root);
+                if (!(other = rb_get_node(parent, rb_layout.right)))
+                    return -1;
+            }
+            if (rb_get_link(other, rb_layout.left, &near) < 0 ||
+                rb_get_link(other, rb_layout.right, &far) < 0)
+                return -1;
+            if ((near_black = rb_is_black(near)) < 0 || (far_black = rb_is_black(far)) < 0)
+                return -1;
+            if (near_black && far_black) {
+                rb_set_red(other, 1);
+                node = parent;
+                if (rb_get_link(node, rb_layout.parent, &parent) < 0)
+                    return -1;
+                continue;
+            }
+            if (far_black) {
+                if (near == Py_None) {
+                    PyErr_SetString(PyExc_AssertionError, "rb_erase: a missing node");
+                    return -1;
+                }
+                rb_set_red(near, 0);
+                rb_set_red(other, 1);
+                rb_rotate_right(other, root);
+                if (!(other = rb_get_node(parent, rb_layout.right)))
+                    return -1;
+                if (rb_get_link(other, rb_layout.right, &far) < 0)
+                    return -1;
+            }
+            rb_set(other, rb_layout.red, rb_get(parent, rb_layout.red));
+            rb_set_red(parent, 0);
+            if (far == Py_None) {
+                PyErr_SetString(PyExc_AssertionError, "rb_erase: a missing node");
+                return -1;
+            }
+            rb_set_red(far, 0);
+            rb_rotate_left(parent, root);
+        } else {
+            if (!(other = rb_get_node(parent, rb_layout.left)))
+                return -1;
+            if (rb_is_red(other) > 0) {
+                rb_set_red(other, 0);
+                rb_set_red(parent, 1);
+                rb_rotate_right(parent, root);
+                if (!(other = rb_get_node(parent, rb_layout.left)))
+                    return -1;
+            }
+            if (rb_get_link(other, rb_layout.right, &near) < 0 ||
+                rb_get_link(other, rb_layout.left, &far) < 0)
+                return -1;
+            if ((near_black = rb_is_black(near)) < 0 || (far_black = rb_is_black(far)) < 0)
+                return -1;
+            if (near_black && far_black) {
+                rb_set_red(other, 1);
+                node = parent;
+                if (rb_get_link(node, rb_layout.parent, &parent) < 0)
+                    return -1;
+                continue;
+            }
+            if (far_black) {
+                if (near == Py_None) {
+                    PyErr_SetString(PyExc_AssertionError, "rb_erase: a missing node");
+                    return -1;
+                }
+                rb_set_red(near, 0);
+                rb_set_red(other, 1);
+                rb_rotate_left(other, root);
+                if (!(other = rb_get_node(parent, rb_layout.left)))
+                    return -1;
+                if (rb_get_link(other, rb_layout.left, &far) < 0)
+                    return -1;
+            }
+            rb_set(other, rb_layout.red, rb_get(parent, rb_layout.red));
+            rb_set_red(parent, 0);
+            if (far == Py_None) {
+                PyErr_SetString(PyExc_AssertionError, "rb_erase: a missing node");
+                return -1;
+            }
+            rb_set_red(far, 0);
+            rb_rotate_right(parent, root);
+        }
+        node = rb_get(root, rb_layout.root_node);
+        break;
+    }
+    if (node != Py_None)
+        rb_set_red(node, 0);
+    return 0;
+}
+
+/* Point parent's link to old (or the root's, with parent None) at new. */
+static inline void
+rb_change_child(PyObject *old, PyObject *new_, PyObject *parent, PyObject *root)
+{
+    if (parent == Py_None)
+        rb_set(root, rb_layout.root_node, new_);
+    else if (rb_get(parent, rb_layout.left) == old)
+        rb_set(parent, rb_layout.left, new_);
+    else
+        rb_set(parent, rb_layout.right, new_);
+}
+
+PyDoc_STRVAR(rb_erase_doc,
+"rb_erase(node, root, /)\n"
+"--\n"
+"\n"
+"Unlink node from the tree and rebalance: rb_erase() of lib/rbtree.c\n"
+"(v2.6.33), as ksmsim.kernel.rbtree.rb_erase; node's links are left None.");
+
+static PyObject *
+speedups_rb_erase(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *node, *root, *left, *right, *child, *parent, *succ, *nxt, *above;
+    int lost_black, rc;
+    (void)module;
+    if (!rb_layout.ready) {
+        PyErr_SetString(PyExc_RuntimeError, "rb_erase() before rb_setup()");
+        return NULL;
+    }
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "rb_erase() takes exactly 2 arguments");
+        return NULL;
+    }
+    node = args[0];
+    root = args[1];
+    if (!PyObject_TypeCheck(root, rb_layout.root_type)) {
+        PyErr_SetString(PyExc_TypeError, "rb_erase: not a tree root");
+        return NULL;
+    }
+    if (rb_check(node) < 0 || rb_get_link(node, rb_layout.left, &left) < 0 ||
+        rb_get_link(node, rb_layout.right, &right) < 0 ||
+        rb_get_link(node, rb_layout.parent, &above) < 0)
+        return NULL;
+    /* Hold the erased node and its children while the links move. */
+    Py_INCREF(node);
+    Py_INCREF(left);
+    Py_INCREF(right);
+    if (left != Py_None && right != Py_None) {
+        /* Two children: the in-order successor takes the node's place and colour. */
+        succ = right;
+        for (;;) {
+            if (rb_get_link(succ, rb_layout.left, &nxt) < 0)
+                goto error;
+            if (nxt == Py_None)
+                break;
+            succ = nxt;
+        }
+        if (rb_get_link(succ, rb_layout.right, &child) < 0 ||
+            !(parent = rb_get_node(succ, rb_layout.parent)))
+            goto error;
+        if ((lost_black = rb_is_black(succ)) < 0)
+            goto error;
+        rb_change_child(node, succ, above, root);
+        if (parent == node) {
+            parent = succ;
+        } else {
+            if (child != Py_None)
+                rb_set(child, rb_layout.parent, parent);
+            rb_set(parent, rb_layout.left, child);
+            rb_set(succ, rb_layout.right, right);
+            rb_set(right, rb_layout.parent, succ);
+        }
+        rb_set(succ, rb_layout.parent, above);
+        rb_set(succ, rb_layout.red, rb_get(node, rb_layout.red));
+        rb_set(succ, rb_layout.left, left);
+        rb_set(left, rb_layout.parent, succ);
+    } else {
+        /* At most one child: splice the node out. */
+        child = left != Py_None ? left : right;
+        parent = above;
+        if ((lost_black = rb_is_black(node)) < 0)
+            goto error;
+        if (child != Py_None)
+            rb_set(child, rb_layout.parent, parent);
+        rb_change_child(node, child, parent, root);
+    }
+    rb_set(node, rb_layout.parent, Py_None);
+    rb_set(node, rb_layout.left, Py_None);
+    rb_set(node, rb_layout.right, Py_None);
+    rc = lost_black ? rb_erase_color_c(child, parent, root) : 0;
+    Py_DECREF(right);
+    Py_DECREF(left);
+    Py_DECREF(node);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
+error:
+    Py_DECREF(right);
+    Py_DECREF(left);
+    Py_DECREF(node);
+    return NULL;
+}
+
+/* --- end of rb_erase (speed-merge2) --- */
 
 
 /* ---------------------------------------------------------------------------
@@ -3288,6 +3549,7 @@ static PyMethodDef speedups_methods[] = {
      visit_setup_doc},
     {"rb_insert_color", (PyCFunction)(void (*)(void))speedups_rb_insert_color, METH_FASTCALL,
      rb_insert_color_doc},
+    {"rb_erase", (PyCFunction)(void (*)(void))speedups_rb_erase, METH_FASTCALL, rb_erase_doc},
     {"merge_setup", (PyCFunction)(void (*)(void))speedups_merge_setup, METH_FASTCALL,
      merge_setup_doc},
     {"merge_fused", (PyCFunction)(void (*)(void))speedups_merge_fused, METH_FASTCALL,

@@ -276,6 +276,58 @@ def test_rb_insert_color_c_equals_py() -> None:
             assert _shape(roots[0].rb_node) == _shape(roots[1].rb_node)
 
 
+@needs_c
+def test_rb_erase_c_equals_py() -> None:
+    """The same inserts and erases, erasing with the C rb_erase in one tree and rbtree.py's in
+    the other, give the same shapes and colours, and leave erased nodes unlinked."""
+    from ksmsim.kernel.rbtree import rb_erase as py_erase
+    from ksmsim.kernel.rbtree import rb_insert_color, validate_rbtree
+
+    assert ks.rb_erase_c is not None
+    rng = random.Random(7)
+    for _ in range(300):
+        roots = (RbRoot(), RbRoot())
+        nodes: tuple[dict[int, Any], dict[int, Any]] = ({}, {})
+        erase_share = rng.choice((0.2, 0.5, 0.8))
+        for _ in range(rng.choice((1, 10, 100, 400))):
+            if nodes[0] and rng.random() < erase_share:
+                key = rng.choice(sorted(nodes[0]))
+                for root, live, erase in zip(roots, nodes, (ks.rb_erase_c, py_erase), strict=True):
+                    node = live.pop(key)
+                    erase(node, root)
+                    assert node.rb_parent is None and node.rb_left is None
+                    assert node.rb_right is None
+                assert _shape(roots[0].rb_node) == _shape(roots[1].rb_node)
+                continue
+            key = rng.randrange(1000)
+            if key in nodes[0]:
+                continue
+            for root, live in zip(roots, nodes, strict=True):
+                node = _Item(None, 0)  # type: ignore[arg-type]
+                node.key = key
+                parent, left, cur = None, False, root.rb_node
+                while cur is not None:
+                    parent, left = cur, key < cur.key
+                    cur = cur.rb_left if left else cur.rb_right
+                rb_link_node(node, parent, left, root)
+                rb_insert_color(node, root)
+                live[key] = node
+        assert _shape(roots[0].rb_node) == _shape(roots[1].rb_node)
+        validate_rbtree(roots[0])
+
+
+@needs_c
+def test_rb_erase_c_refuses_foreign_nodes() -> None:
+    """A node that is not a tree node, or a root that is not a root, raises instead of being
+    read at the tree's slot offsets."""
+    assert ks.rb_erase_c is not None
+    root = RbRoot()
+    with pytest.raises(TypeError):
+        ks.rb_erase_c(object(), root)
+    with pytest.raises(TypeError):
+        ks.rb_erase_c(_Item(None, 0), object())  # type: ignore[arg-type]
+
+
 # -- the frame base ------------------------------------------------------------------------------
 FIELDS = (
     "count",

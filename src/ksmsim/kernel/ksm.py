@@ -26,6 +26,7 @@ from ksmsim.kernel.ksm_shortcuts import (
     Shortcuts,
     default_shortcuts,
     dup_skip_function,
+    erase_function,
     first_visit_enabled,
     fused_free_function,
     fused_merge_function,
@@ -104,7 +105,6 @@ from ksmsim.kernel.profile import Profile
 from ksmsim.kernel.rbtree import (
     RbNode,
     RbRoot,
-    rb_erase,
     rb_iter,
     rb_link_node,
     rb_replace_node,
@@ -422,6 +422,7 @@ class Ksm:
         self.shortcuts = shortcuts
         self._stable_skip, self._unstable_skip = skip_functions(shortcuts)
         self._rb_insert_color = insert_color_function(shortcuts)
+        self._rb_erase = erase_function(shortcuts)
         self._dup_skip = dup_skip_function(shortcuts)
         self._stable_find = stable_find_function(shortcuts)
         self._content_checksum = shortcuts.content_checksum and shortcuts.c_helpers
@@ -651,7 +652,7 @@ class Ksm:
         if stable_node.is_dup:
             self.__stable_node_dup_del(stable_node)
         else:
-            rb_erase(stable_node, self.root_stable_tree)
+            self._rb_erase(stable_node, self.root_stable_tree)
         stable_node.hlist = None
         stable_node.page = None
 
@@ -743,7 +744,7 @@ class Ksm:
             if age > 1:
                 raise AssertionError(f"BUG: unstable rmap_item of age {age}: {rmap_item!r}")
             if age == 0:
-                rb_erase(rmap_item, self.root_unstable_tree)
+                self._rb_erase(rmap_item, self.root_unstable_tree)
             self.ksm_pages_unshared -= 1
             rmap_item.address = address & PAGE_MASK
             rmap_item.tree_page = None
@@ -764,7 +765,7 @@ class Ksm:
         else:
             set_page_stable_node(page, None)
             unlock_page(page)
-            rb_erase(stable_node, self.root_stable_tree)
+            self._rb_erase(stable_node, self.root_stable_tree)
             stable_node.page = None
             self.ksm_pages_shared -= 1
             self.machine.note_ksm_page_released(page)
@@ -839,7 +840,7 @@ class Ksm:
 
     def free_stable_node_chain(self, chain: StableNode) -> None:
         """Erase an empty chain from the tree: free_stable_node_chain()."""
-        rb_erase(chain, self.root_stable_tree)
+        self._rb_erase(chain, self.root_stable_tree)
         self.ksm_stable_node_chains -= 1
 
     def stable_node_dup(

@@ -135,9 +135,10 @@ with ``-`` to switch it off, applied to ``all``, e.g. ``-c_helpers`` or ``none,s
     Use the C versions of the helpers above (``ksmsim._speedups``) when it was built (the
     stable tree search's walk, stable_find, also takes the node found in C, with the tests
     stable_tree_search() makes after stable_skip_py() as its twin), and its
-    rb_insert_color() for the trees' inserts and its twin of the pte loop of ksmd's VMA loop
-    (Ksm._scan_ptes); the pure-Python twins (here, rbtree.py's rb_insert_color and
-    Ksm._scan_ptes) give the same results (tests/perf compares them). At import it also
+    rb_insert_color() and rb_erase() for the trees' inserts and erases and its twin of the
+    pte loop of ksmd's VMA loop (Ksm._scan_ptes); the pure-Python twins (here, rbtree.py's
+    rb_insert_color, rb_erase and Ksm._scan_ptes) give the same results (tests/perf compares
+    them). At import it also
     chooses the C base of ``Page`` (page.py), which holds the same fields more compactly.
 
 No shortcut runs under the interleaving explorer (``machine.preempt`` set) or with a deliberate
@@ -366,6 +367,7 @@ StableSkip = Callable[[Any, bytes, bool], SkipResult]
 unstable_skip_c: UnstableSkip | None = None
 stable_skip_c: StableSkip | None = None
 rb_insert_color_c: Callable[[Any, Any], None] | None = None
+rb_erase_c: Callable[[Any, Any], None] | None = None
 DupSkip = Callable[[Any, Any, int, int, bool, bool], tuple[Any, Any, int, bool]]
 dup_skip_c: DupSkip | None = None
 scan_ptes_c: Callable[..., Any] | None = None
@@ -392,7 +394,7 @@ PageText: Any = _page_text_type()
 
 def _setup_c() -> None:
     """Hand the node and page layouts to the C walks, if the extension was built."""
-    global unstable_skip_c, stable_skip_c, dup_skip_c, rb_insert_color_c, scan_ptes_c
+    global unstable_skip_c, stable_skip_c, dup_skip_c, rb_insert_color_c, scan_ptes_c, rb_erase_c
     global merge_fused_c, visit_ready, free_scanned_c, stable_find_c, try_merge_fused_c
     global HAVE_C_HELPERS
     try:
@@ -576,6 +578,7 @@ def _setup_c() -> None:
     stable_skip_c = _speedups.stable_skip
     dup_skip_c = _speedups.dup_skip
     rb_insert_color_c = _speedups.rb_insert_color
+    rb_erase_c = _speedups.rb_erase
     scan_ptes_c = _speedups.scan_ptes
     HAVE_C_HELPERS = True
 
@@ -638,6 +641,18 @@ def insert_color_function(shortcuts: Shortcuts) -> Callable[[Any, Any], None]:
     if shortcuts.c_helpers and rb_insert_color_c is not None:
         return rb_insert_color_c
     return rb_insert_color
+
+
+def erase_function(shortcuts: Shortcuts) -> Callable[[Any, Any], None]:
+    """Return rb_erase(): the C version with ``c_helpers`` (same splice, rotations and colours,
+    tests/perf compares the trees), else rbtree.py's."""
+    from ksmsim.kernel.rbtree import rb_erase
+
+    if shortcuts.c_helpers and not HAVE_C_HELPERS:
+        _setup_c()
+    if shortcuts.c_helpers and rb_erase_c is not None:
+        return rb_erase_c
+    return rb_erase
 
 
 def dup_skip_function(shortcuts: Shortcuts) -> DupSkip | None:
