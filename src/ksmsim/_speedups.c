@@ -34,6 +34,10 @@
  *     The put_page() that frees a frame at the end of its ksmd step, when the
  *     machine's free hook has nothing to note (shortcut fused_free).
  *
+ * insert_fused(ksm, tree_rmap_item, rmap_item, kpage)
+ *     Ksm.insert_merged_fused(): the new stable node of two pages merged from
+ *     the unstable tree, and both items on it (shortcut fused_insert).
+ *
  * PageText(head, filler, size=4096)
  *     Page contents held as a head and a filler byte, standing for (and
  *     behaving as) head + bytes([filler]) * (size - len(head)).
@@ -3528,6 +3532,200 @@ speedups_free_scanned(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_TRUE;
 }
 
+/* ---------------------------------------------------------------------------
+ * insert_fused(ksm, tree_rmap_item, rmap_item, kpage): Ksm.insert_merged_fused()
+ * in ksm.py (shortcut fused_insert): the tail of cmp_and_merge_page() after two
+ * pages found equal in the unstable tree were merged into kpage, when the
+ * tree item is out of its tree, kpage is unlocked and the stable_skip walk
+ * passes every node: a new stable node for kpage linked where the walk ended,
+ * coloured, set on kpage, and both items appended to it.  Returns True when it
+ * did so, False (having changed nothing) otherwise.  Uses merge_setup()'s and
+ * rb_setup()'s layouts.  (speed-merge2)
+ * ------------------------------------------------------------------------- */
+
+static PyObject *insert_s_root;
+
+/* stable_tree_append(): put item at the head of node's hlist and count it. */
+static int
+insert_hlist_append(PyObject *ksm, PyObject *item, PyObject *node)
+{
+    PyObject *mm, *first;
+    int err = 0;
+    long address = scan_long(item, merge_layout.it_address, &err);
+    if (err)
+        return -1;
+    mm = MSLOT(item, merge_layout.it_mm);
+    if (mm == NULL || !PyObject_TypeCheck(mm, merge_layout.mm_type)) {
+        PyErr_SetString(PyExc_TypeError, "insert_fused: rmap_item.mm is not an mm");
+        return -1;
+    }
+    first = MSLOT(node, merge_layout.sn_hlist);
+    if (first == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "insert_fused: unset hlist");
+        return -1;
+    }
+    if (slot_add(node, merge_layout.sn_hlist_len, 1) < 0)
+        return -1;
+    scan_set(item, merge_layout.it_head, node);
+    if (scan_set_long(item, merge_layout.it_address, address | merge_layout.stable_flag) < 0)
+        return -1;
+    Py_INCREF(first);
+    scan_set(item, merge_layout.it_hnext, first);
+    scan_set(item, merge_layout.it_hprev, Py_None);
+    if (first != Py_None) {
+        scan_set(first, merge_layout.it_hprev, item);
+        Py_DECREF(first);
+        if (attr_add(ksm, merge_layout.s_sharing, 1) < 0)
+            return -1;
+    } else {
+        Py_DECREF(first);
+        if (attr_add(ksm, merge_layout.s_shared, 1) < 0)
+            return -1;
+    }
+    scan_set(node, merge_layout.sn_hlist, item);
+    return slot_add(mm, merge_layout.mm_merging, 1);
+}
+
+PyDoc_STRVAR(insert_fused_doc,
+"insert_fused(ksm, tree_rmap_item, rmap_item, kpage, /)\n"
+"--\n"
+"\n"
+"Ksm.insert_merged_fused(): a new stable node for kpage and both items on it,\n"
+"in one step, when the common case's conditions hold (True), else change\n"
+"nothing (False).");
+
+static PyObject *
+speedups_insert_fused(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *ksm, *tree_item, *item, *root = NULL, *top, *walk = NULL, *work = NULL;
+    PyObject *node = NULL, *parent, *a[3], *r;
+    PageBaseObject *kpage;
+    long taddr, kflags, n = 0;
+    int err = 0, left = 0, ok = 0;
+    (void)module;
+    if (!merge_layout.ready || !layout.ready || !rb_layout.ready) {
+        PyErr_SetString(PyExc_RuntimeError, "insert_fused() before merge_setup()");
+        return NULL;
+    }
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "insert_fused() takes exactly 4 arguments");
+        return NULL;
+    }
+    ksm = args[0];
+    tree_item = args[1];
+    item = args[2];
+    if (!PyObject_TypeCheck(tree_item, merge_layout.item_type) ||
+        !PyObject_TypeCheck(item, merge_layout.item_type) ||
+        !PyObject_TypeCheck(args[3], &PageBase_Type)) {
+        PyErr_SetString(PyExc_TypeError, "insert_fused: two rmap_items and a frame");
+        return NULL;
+    }
+    kpage = (PageBaseObject *)args[3];
+    if (insert_s_root == NULL && !(insert_s_root = PyUnicode_InternFromString("root_stable_tree")))
+        return NULL;
+    /* remove_rmap_item_from_tree(tree_rmap_item) must find it in no tree, lock_page(kpage)
+     * must find it unlocked, and stable_tree_insert() needs kpage's contents. */
+    taddr = scan_long(tree_item, merge_layout.it_address, &err);
+    kflags = err ? 0 : pb_long(kpage->flags, &err);
+    if (err)
+        return NULL;
+    if ((taddr & merge_layout.tree_flags) || (kflags & merge_layout.pg_locked) ||
+        kpage->data == NULL || kpage->data == Py_None)
+        Py_RETURN_FALSE;
+    root = PyObject_GetAttr(ksm, insert_s_root);
+    if (root == NULL)
+        return NULL;
+    if (!PyObject_TypeCheck(root, rb_layout.root_type)) {
+        PyErr_SetString(PyExc_TypeError, "insert_fused: ksm.root_stable_tree is not a root");
+        goto done;
+    }
+    /* stable_tree_insert()'s walk, as stable_skip: it must pass every node. */
+    parent = Py_None;
+    top = rb_get(root, rb_layout.root_node);
+    if (top != Py_None) {
+        a[0] = top;
+        a[1] = kpage->data;
+        a[2] = Py_False;    /* not pinned: the caller takes no pinned profile here */
+        walk = speedups_stable_skip(NULL, a, 3);
+        if (walk == NULL)
+            goto done;
+        if (!PyTuple_Check(walk) || PyTuple_GET_SIZE(walk) != 4) {
+            PyErr_SetString(PyExc_TypeError, "insert_fused: stable_skip gave no 4-tuple");
+            goto done;
+        }
+        if (PyTuple_GET_ITEM(walk, 0) != Py_None) {
+            ok = 0;
+            goto out;   /* a chain, a stale node or an equal page: the exact path */
+        }
+        parent = PyTuple_GET_ITEM(walk, 1);
+        left = PyTuple_GET_ITEM(walk, 2) == Py_True;
+        n = PyLong_AsLong(PyTuple_GET_ITEM(walk, 3));
+        if (n == -1 && PyErr_Occurred())
+            goto done;
+        if (parent == Py_None || rb_check(parent) < 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_AssertionError, "insert_fused: a walk with no parent");
+            goto done;
+        }
+    }
+    work = PyObject_GetAttr(ksm, merge_layout.s_work);
+    if (work == NULL)
+        goto done;
+    if (!PyObject_TypeCheck(work, merge_layout.work_type)) {
+        PyErr_SetString(PyExc_TypeError, "insert_fused: ksm.work is not a KsmWork");
+        goto done;
+    }
+    /* From here on the exact steps' changes, in their order. */
+    if (n && slot_add(work, merge_layout.wk_memcmps, n) < 0)
+        goto done;
+    node = PyObject_CallOneArg((PyObject *)merge_layout.stable_type, (PyObject *)kpage);
+    if (node == NULL)
+        goto done;
+    if (rb_check(node) < 0)
+        goto done;
+    /* rb_link_node() */
+    rb_set(node, rb_layout.parent, parent);
+    rb_set(node, rb_layout.left, Py_None);
+    rb_set(node, rb_layout.right, Py_None);
+    rb_set_red(node, 1);
+    if (parent == Py_None)
+        rb_set(root, rb_layout.root_node, node);
+    else if (left)
+        rb_set(parent, rb_layout.left, node);
+    else
+        rb_set(parent, rb_layout.right, node);
+    a[0] = node;
+    a[1] = root;
+    r = speedups_rb_insert_color(NULL, a, 2);
+    if (r == NULL)
+        goto done;
+    Py_DECREF(r);
+    /* set_page_stable_node() */
+    scan_set((PyObject *)kpage, offsetof(PageBaseObject, mapping), node);
+    if (pb_set(&kpage->mapping_flags, merge_layout.mapping_ksm) < 0)
+        goto done;
+    if (insert_hlist_append(ksm, tree_item, node) < 0 || insert_hlist_append(ksm, item, node) < 0)
+        goto done;
+    ok = 1;
+out:
+    Py_XDECREF(node);
+    Py_XDECREF(work);
+    Py_XDECREF(walk);
+    Py_DECREF(root);
+    if (ok)
+        Py_RETURN_TRUE;
+    Py_RETURN_FALSE;
+done:
+    Py_XDECREF(node);
+    Py_XDECREF(work);
+    Py_XDECREF(walk);
+    Py_XDECREF(root);
+    return NULL;
+}
+
+/* --- end of insert_fused (speed-merge2) --- */
+
+
 static PyMethodDef speedups_methods[] = {
     {"jhash2", (PyCFunction)(void (*)(void))speedups_jhash2, METH_FASTCALL, jhash2_doc},
     {"tree_setup", (PyCFunction)(void (*)(void))speedups_tree_setup, METH_FASTCALL,
@@ -3558,6 +3756,8 @@ static PyMethodDef speedups_methods[] = {
      try_merge_fused_doc},
     {"free_scanned", (PyCFunction)(void (*)(void))speedups_free_scanned, METH_FASTCALL,
      free_scanned_doc},
+    {"insert_fused", (PyCFunction)(void (*)(void))speedups_insert_fused, METH_FASTCALL,
+     insert_fused_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -229,7 +229,7 @@ def _run(kernel: str, shortcuts: ks.Shortcuts, batch: int, smart: bool) -> list[
 @needs_c
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("batch", [1, 2, 7, 33, 1000])
-@pytest.mark.parametrize("name", ["first_visit", "fused_free"])
+@pytest.mark.parametrize("name", ["first_visit", "fused_free", "fused_insert"])
 def test_scan_shortcut_equals_exact(kernel: str, batch: int, name: str) -> None:
     smart = batch != 7
     on = ks.Shortcuts.all_on()
@@ -461,3 +461,87 @@ def test_first_visit_unstable_tree() -> None:
     host.scan(3)
     assert host.counters()["pages_unshared"] == 80
     assert ksm.ksm_pages_scanned == 240 and calls[0] == 0
+
+
+# -- the stable node of an unstable tree merge, fused ---------------------------------------------
+def _insert_run(kernel: str, impl: Callable[..., bool] | None, mutate: str = "none") -> Any:
+    """Scan pages that pair up in the unstable tree (and, with chains of at most 2, pages
+    that make chains) with fused_insert's step replaced by ``impl`` (None: its exact steps);
+    return each batch's state and the step's results. With ``mutate``, the step is first
+    asked, at every call, about a case where a condition fails, and must decline it."""
+    host = Host(kernel, ram_pages=2048)
+    if host.profile.smart_scan:
+        host.set_tunable("smart_scan", 0)
+    if host.profile.stable_node_chains:
+        host.set_tunable("max_page_sharing", 2)
+    host.set_tunable("pages_to_scan", 7)
+    for name in ("a", "b"):
+        host.spawn(name)
+        host.mmap(name, "pairs", 16)
+        host.fill(name, "pairs", "repeat:8")
+        host.mmap(name, "same", 6)
+        host.fill(name, "same", "x")
+    ksm = host.ksm
+    results: list[bool] = []
+
+    def fused(k: Ksm, tree_item: RmapItem, item: RmapItem, kpage: Page) -> bool:
+        assert impl is not None
+        if mutate == "tree_item_in_tree":
+            tree_item.address |= UNSTABLE_FLAG
+            assert not impl(k, tree_item, item, kpage)
+            tree_item.address &= ~UNSTABLE_FLAG
+        elif mutate == "kpage_locked":
+            kpage.flags |= PG_locked
+            assert not impl(k, tree_item, item, kpage)
+            kpage.flags &= ~PG_locked
+        done = impl(k, tree_item, item, kpage)
+        results.append(done)
+        return done
+
+    enabled = ksm._fused_insert is not None
+    ksm._fused_insert = fused if impl is not None and enabled else None
+    states = []
+    host.sysfs.write("run", 1)
+    for _ in range(30):
+        host.ksmd.batch()
+        states.append(machine_state(host.machine))
+    return states, results
+
+
+@needs_c
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("mutate", ["none", "tree_item_in_tree", "kpage_locked"])
+def test_fused_insert_c_twin_and_exact(kernel: str, mutate: str) -> None:
+    """The C step, its twin and the exact steps leave the same state after every batch; the
+    step is taken, and declined where the walk meets an equal page (a chain to make), or
+    where the tree item is still in a tree or the KSM page is locked."""
+    assert ks.insert_fused_c is not None
+    exact, _ = _insert_run(kernel, None)
+    by_c, took_c = _insert_run(kernel, ks.insert_fused_c, mutate)
+    by_py, took_py = _insert_run(kernel, Ksm.insert_merged_fused, mutate)
+    assert took_c == took_py
+    profile = PROFILES[kernel]
+    if (
+        profile.stable_node_pins_page
+        or profile.merge_allocates_kpage
+        or not profile.find_mergeable_vma
+    ):
+        assert not took_c  # not enabled there
+    else:
+        assert any(took_c)
+        if profile.stable_node_chains:
+            assert not all(took_c)  # a walk that meets a chain goes the exact way
+    for n, (x, y, z) in enumerate(zip(exact, by_c, by_py, strict=True)):
+        assert first_difference(x, y, f"batch{n}") is None
+        assert first_difference(x, z, f"batch{n}") is None
+
+
+def test_fused_insert_lock_condition_matters() -> None:
+    """With the KSM page locked the exact lock_page() would wait for its holder (here, with
+    no other task, fail), which the fused step could not do."""
+    host = Host("v6.18", ram_pages=256)
+    page = host.machine.alloc_page()
+    assert page is not None
+    page.flags |= PG_locked
+    with pytest.raises(AssertionError):
+        host.machine.lock_page(page)

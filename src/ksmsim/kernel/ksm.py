@@ -29,6 +29,7 @@ from ksmsim.kernel.ksm_shortcuts import (
     erase_function,
     first_visit_enabled,
     fused_free_function,
+    fused_insert_function,
     fused_merge_function,
     insert_color_function,
     scan_ptes_function,
@@ -440,6 +441,18 @@ class Ksm:
         self._fused_merge = fused_merge_function(shortcuts) or (
             Ksm.merge_with_ksm_page_fused if shortcuts.fused_merge else None
         )
+        # Shortcut fused_insert needs stable_skip's walk, and a profile whose merge takes the
+        # tree item out of its tree (3.x+), whose stable_tree_insert() takes no reference and
+        # whose merge allocates no page to put.
+        self._fused_insert: Callable[..., bool] | None = None
+        if (
+            shortcuts.fused_insert
+            and shortcuts.stable_skip
+            and self.profile.find_mergeable_vma
+            and not self.profile.stable_node_pins_page
+            and not self.profile.merge_allocates_kpage
+        ):
+            self._fused_insert = fused_insert_function(shortcuts) or Ksm.insert_merged_fused
         # The zone's map_generation when the unstable tree was last emptied (-1: never).
         self._unstable_generation = -1
         # The VMA loop that found the page scan_get_next_rmap_item() returned last, for the
@@ -1156,6 +1169,46 @@ class Ksm:
         set_page_stable_node(kpage, stable_node)
         return stable_node
 
+    def insert_merged_fused(
+        self, tree_rmap_item: RmapItem, rmap_item: RmapItem, kpage: Page
+    ) -> bool:
+        """Give ``kpage``, into which two pages found equal in the unstable tree were merged, its
+        new stable node and both items, in one step, or return False having changed nothing
+        (shortcut ``fused_insert``; the C twin is ``insert_fused`` of ksmsim._speedups).
+
+        These are the steps of cmp_and_merge_page() after try_to_merge_two_pages() for the
+        common case: the tree item already out of its tree (remove_rmap_item_from_tree() does
+        nothing), ``kpage`` unlocked (lock_page() and unlock_page() leave its flags as they
+        were) and stable_tree_insert()'s walk passing every node (no chain, no stale node, no
+        equal page: the node is linked at the leaf where the walk ends).
+        """
+        skip = self._stable_skip
+        data = kpage.data
+        if (
+            tree_rmap_item.address & (STABLE_FLAG | UNSTABLE_FLAG)
+            or kpage.flags & PG_locked
+            or skip is None
+            or data is None
+        ):
+            return False
+        root = self.root_stable_tree
+        parent: Any = None
+        left = False
+        compares = 0
+        node = root.rb_node
+        if node is not None:
+            stop, parent, left, compares = skip(node, data, False)
+            if stop is not None:
+                return False  # the exact walk has a step to take there
+        self.work.memcmps += compares
+        stable_node = StableNode(kpage)
+        rb_link_node(stable_node, parent, left, root)
+        self._rb_insert_color(stable_node, root)
+        set_page_stable_node(kpage, stable_node)
+        self.stable_tree_append(tree_rmap_item, stable_node)
+        self.stable_tree_append(rmap_item, stable_node)
+        return True
+
     def stable_tree_append(self, rmap_item: RmapItem, stable_node: StableNode) -> None:
         """Add an item at the head of a node's hlist and count it: stable_tree_append()."""
         stable_node.rmap_hlist_len += 1
@@ -1703,6 +1756,16 @@ class Ksm:
         if kpage_or_none is None:
             return
         kpage = kpage_or_none
+        fused_insert = self._fused_insert
+        if (
+            fused_insert is not None
+            and machine.preempt is None
+            and not self.mutations
+            and fused_insert(self, tree_rmap_item, rmap_item, kpage)
+        ):
+            # Shortcut fused_insert: the steps below in one call for the common case (see
+            # insert_merged_fused()).
+            return
         # The tree item moves from the unstable tree to the new stable node.
         self.remove_rmap_item_from_tree(tree_rmap_item)
         machine.lock_page(kpage)

@@ -114,6 +114,20 @@ with ``-`` to switch it off, applied to ``all``, e.g. ``-c_helpers`` or ``none,s
     upgraded in place (write-protected, made a KSM page with no node, referenced and dirty);
     then the item taken out of its tree (the very call the exact function makes, 3.x+) and
     the anon_vma held.
+``fused_insert``
+    cmp_and_merge_page() finishes the merge of two pages found equal in the unstable tree in
+    one step (Ksm.insert_merged_fused(), beside stable_tree_insert()) when the tree item is
+    already out of its tree (try_to_merge_with_ksm_page() took it out, 3.x+), so
+    remove_rmap_item_from_tree() does nothing; the KSM page is unlocked, so lock_page() and
+    unlock_page() leave its flags as they were; the stable tree walk of stable_tree_insert()
+    (``stable_skip``, which must be on) passes every node, meeting no chain, no stale node and
+    no equal page, so the exact walk takes the same compares and ends at the same leaf; the
+    profile neither pins the node's page nor allocates the KSM page (no get_page() or
+    put_page() to add; and the merge takes the item out of its tree, 3.x+). The step is then what those functions do, in their order: count the
+    compares, make the node, link it at that leaf and colour it (rb_insert_color), set it on
+    the page, and append the tree item, then the item, to its hlist (stable_tree_append()).
+    The conditions are tested before anything changes; when one fails the exact steps run.
+    Its C twin (``c_helpers``, on the C frame base) makes the same tests and changes.
 ``fused_free``
     ksm_do_scan()'s put_page() of the last reference to a page (the one a merge left) frees
     it in one C call (free_scanned of ksmsim._speedups) when the machine's free hook is its
@@ -190,6 +204,7 @@ class Shortcuts:
     content_checksum: bool = True
     first_visit: bool = True
     fused_merge: bool = True
+    fused_insert: bool = True
     fused_free: bool = True
     gc_pause: bool = True
     c_helpers: bool = True
@@ -373,6 +388,7 @@ dup_skip_c: DupSkip | None = None
 scan_ptes_c: Callable[..., Any] | None = None
 merge_fused_c: Callable[..., bool] | None = None
 try_merge_fused_c: Callable[..., bool] | None = None
+insert_fused_c: Callable[..., bool] | None = None
 free_scanned_c: Callable[..., bool] | None = None
 stable_find_c: Callable[..., tuple[Any, Any, int]] | None = None
 visit_ready = False
@@ -396,6 +412,7 @@ def _setup_c() -> None:
     """Hand the node and page layouts to the C walks, if the extension was built."""
     global unstable_skip_c, stable_skip_c, dup_skip_c, rb_insert_color_c, scan_ptes_c, rb_erase_c
     global merge_fused_c, visit_ready, free_scanned_c, stable_find_c, try_merge_fused_c
+    global insert_fused_c
     global HAVE_C_HELPERS
     try:
         from ksmsim import _speedups
@@ -544,6 +561,7 @@ def _setup_c() -> None:
         )
         merge_fused_c = _speedups.merge_fused
         try_merge_fused_c = _speedups.try_merge_fused
+        insert_fused_c = _speedups.insert_fused
         _speedups.visit_setup(
             KsmWork,
             MmStruct,
@@ -614,6 +632,14 @@ def try_merge_function(shortcuts: Shortcuts) -> Callable[..., bool] | None:
     if shortcuts.c_helpers and not HAVE_C_HELPERS:
         _setup_c()
     return try_merge_fused_c if shortcuts.fused_merge and shortcuts.c_helpers else None
+
+
+def fused_insert_function(shortcuts: Shortcuts) -> Callable[..., bool] | None:
+    """Return the C twin of Ksm.insert_merged_fused() with ``fused_insert`` and ``c_helpers``,
+    else None (use the method, or with ``fused_insert`` off, no shortcut)."""
+    if shortcuts.c_helpers and not HAVE_C_HELPERS:
+        _setup_c()
+    return insert_fused_c if shortcuts.fused_insert and shortcuts.c_helpers else None
 
 
 def fused_merge_function(shortcuts: Shortcuts) -> Callable[..., bool] | None:
