@@ -435,6 +435,8 @@ class Ksm:
         self._visit_until: int | None = None
         # While it may also take pages that merge into the stable tree (see ksm_do_scan()).
         self._visit_merge: tuple[Any, ...] | None = None
+        # While a ksmd batch may free pages with free_scanned (fused_free): it and its arguments.
+        self._batch_free: tuple[Any, tuple[Any, ...]] | None = None
         self._fused_try = try_merge_function(shortcuts) or (
             Ksm.try_to_merge_with_ksm_page_fused if shortcuts.fused_merge else None
         )
@@ -1752,7 +1754,15 @@ class Ksm:
             return
         tree_rmap_item, tree_page = match
         kpage_or_none = self.try_to_merge_two_pages(rmap_item, page, tree_rmap_item, tree_page)
-        zone.put_page(tree_page)
+        batch_free = self._batch_free
+        if (
+            batch_free is None
+            or tree_page.count != 1
+            or not batch_free[0](tree_page, *batch_free[1])
+        ):
+            # (Shortcut fused_free: the put_page() of the last reference to the tree's page,
+            # which the merge unmapped, in one C call, as in ksm_do_scan().)
+            zone.put_page(tree_page)
         if kpage_or_none is None:
             return
         kpage = kpage_or_none
@@ -2085,6 +2095,8 @@ class Ksm:
                     free_scanned,
                     self._unstable_skip is not None,
                 )
+        if free_scanned is not None:
+            self._batch_free = (free_scanned, free_args)
         try:
             for _ in range(scan_npages):
                 if visit and self.ksm_pages_scanned >= end:
@@ -2125,6 +2137,7 @@ class Ksm:
         finally:
             self._visit_until = None
             self._visit_merge = None
+            self._batch_free = None
 
     def ksmd_should_run(self) -> bool:
         """Tell whether ksmd has work: run has the merge bit and some mm is registered."""

@@ -129,8 +129,9 @@ with ``-`` to switch it off, applied to ``all``, e.g. ``-c_helpers`` or ``none,s
     The conditions are tested before anything changes; when one fails the exact steps run.
     Its C twin (``c_helpers``, on the C frame base) makes the same tests and changes.
 ``fused_free``
-    ksm_do_scan()'s put_page() of the last reference to a page (the one a merge left) frees
-    it in one C call (free_scanned of ksmsim._speedups) when the machine's free hook is its
+    ksm_do_scan()'s put_page() of the last reference to a page (the one a merge left), and
+    cmp_and_merge_page()'s of the unstable tree's page that try_to_merge_two_pages() merged
+    away (during a batch, with the same test of the free hook), frees it in one C call (free_scanned of ksmsim._speedups) when the machine's free hook is its
     own (Machine._page_freed()) and has nothing to note but the LRU (no KSM page that
     reclaim unmapped is waiting to be freed): the same steps as put_page(),
     free_hot_cold_page(), the hook and Lru.remove(), in the same order; otherwise, and for
