@@ -19,13 +19,12 @@ from ksmsim.kernel.ksmd import Ksmd, KsmdCost
 from ksmsim.kernel.machine import Machine, MachineConfig
 from ksmsim.kernel.madvise import ADVICE_NAMES, MADV_MERGEABLE, MADV_NOHUGEPAGE, do_madvise
 from ksmsim.kernel.memory import FaultError, peek_user_page, read_user_byte, write_user_bytes
-from ksmsim.kernel.memory_shortcuts import write_user_pages
 from ksmsim.kernel.migrate import migrate_range
 from ksmsim.kernel.mm import MMF_VM_MERGE_ANY, MmStruct, pte_pfn, pte_present, pte_special
 from ksmsim.kernel.mmap import do_mmap_anon, do_munmap
 from ksmsim.kernel.page import PAGE_SHIFT, PAGE_SIZE
 from ksmsim.kernel.profile import Profile, get_profile
-from ksmsim.workload.fill_batch import fill_writes
+from ksmsim.workload.fill_batch import write_pattern
 from ksmsim.workload.patterns import Pattern, page_bytes
 from ksmsim.workload.scenario import GLOBAL_COUNTERS
 
@@ -198,18 +197,12 @@ class Host:
         how many pages were written."""
         p = self.proc(proc)
         r = self.region(proc, region)
+        pages = self._pages(r, start, count)
         # Page by page as write_user_bytes(mm, addr, page_bytes(...)) for each mapped page, in
-        # one batch (kernel/memory_shortcuts.py, workload/fill_batch.py).
-        writes = fill_writes(
-            p.mm,
-            r.address,
-            pattern,
-            self._pages(r, start, count),
-            proc=proc,
-            region=region,
-            salt=salt,
+        # runs (kernel/memory_shortcuts.py, workload/fill_batch.py).
+        done = write_pattern(
+            p.mm, r.address, pattern, pages.start, len(pages), proc=proc, region=region, salt=salt
         )
-        done = write_user_pages(p.mm, writes)
         self._checkpoint()
         return done
 
