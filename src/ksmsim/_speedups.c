@@ -718,6 +718,8 @@ static PyTypeObject PageBase_Type = {
 
 static PyTypeObject *run_page_type = NULL;
 static PyObject *run_new_table = NULL;
+/* Attribute names, interned once by page_run_setup(). */
+static PyObject *run_s_pgd, *run_s_machine, *run_s_zone, *run_s_mem_map, *run_s_free, *run_s_lru, *run_s_active, *run_s_reuse_order, *run_s_anon_vma, *run_s_nr_free, *run_s_fresh, *run_s_present_pages, *run_s_vm_start, *run_s_vm_pgoff, *run_s_map_generation, *run_s_nr_anon_pages, *run_s_anon_rss;
 
 PyDoc_STRVAR(page_run_setup_doc,
 "page_run_setup(page_type, new_table, /)\n"
@@ -736,6 +738,40 @@ speedups_page_run_setup(PyObject *module, PyObject *const *args, Py_ssize_t narg
         return NULL;
     }
     type = (PyTypeObject *)args[0];
+    if (run_s_pgd == NULL && (run_s_pgd = PyUnicode_InternFromString("pgd")) == NULL)
+        return NULL;
+    if (run_s_machine == NULL && (run_s_machine = PyUnicode_InternFromString("machine")) == NULL)
+        return NULL;
+    if (run_s_zone == NULL && (run_s_zone = PyUnicode_InternFromString("zone")) == NULL)
+        return NULL;
+    if (run_s_mem_map == NULL && (run_s_mem_map = PyUnicode_InternFromString("mem_map")) == NULL)
+        return NULL;
+    if (run_s_free == NULL && (run_s_free = PyUnicode_InternFromString("_free")) == NULL)
+        return NULL;
+    if (run_s_lru == NULL && (run_s_lru = PyUnicode_InternFromString("lru")) == NULL)
+        return NULL;
+    if (run_s_active == NULL && (run_s_active = PyUnicode_InternFromString("active")) == NULL)
+        return NULL;
+    if (run_s_reuse_order == NULL && (run_s_reuse_order = PyUnicode_InternFromString("reuse_order")) == NULL)
+        return NULL;
+    if (run_s_anon_vma == NULL && (run_s_anon_vma = PyUnicode_InternFromString("anon_vma")) == NULL)
+        return NULL;
+    if (run_s_nr_free == NULL && (run_s_nr_free = PyUnicode_InternFromString("nr_free")) == NULL)
+        return NULL;
+    if (run_s_fresh == NULL && (run_s_fresh = PyUnicode_InternFromString("_fresh")) == NULL)
+        return NULL;
+    if (run_s_present_pages == NULL && (run_s_present_pages = PyUnicode_InternFromString("present_pages")) == NULL)
+        return NULL;
+    if (run_s_vm_start == NULL && (run_s_vm_start = PyUnicode_InternFromString("vm_start")) == NULL)
+        return NULL;
+    if (run_s_vm_pgoff == NULL && (run_s_vm_pgoff = PyUnicode_InternFromString("vm_pgoff")) == NULL)
+        return NULL;
+    if (run_s_map_generation == NULL && (run_s_map_generation = PyUnicode_InternFromString("map_generation")) == NULL)
+        return NULL;
+    if (run_s_nr_anon_pages == NULL && (run_s_nr_anon_pages = PyUnicode_InternFromString("nr_anon_pages")) == NULL)
+        return NULL;
+    if (run_s_anon_rss == NULL && (run_s_anon_rss = PyUnicode_InternFromString("anon_rss")) == NULL)
+        return NULL;
     if (!PyType_IsSubtype(type, &PageBase_Type) ||
         type->tp_basicsize != PageBase_Type.tp_basicsize || type->tp_dictoffset != 0)
         Py_RETURN_FALSE;
@@ -748,9 +784,9 @@ speedups_page_run_setup(PyObject *module, PyObject *const *args, Py_ssize_t narg
 
 /* Read an integer attribute as a C long long (-1 with an error set on failure). */
 static long long
-run_get_ll(PyObject *obj, const char *name)
+run_get_ll(PyObject *obj, PyObject *name)
 {
-    PyObject *v = PyObject_GetAttrString(obj, name);
+    PyObject *v = PyObject_GetAttr(obj, name);
     long long x;
     if (v == NULL)
         return -1;
@@ -761,7 +797,7 @@ run_get_ll(PyObject *obj, const char *name)
 
 /* Add delta to an integer attribute (0, or -1 with an error set). */
 static int
-run_add_ll(PyObject *obj, const char *name, long long delta)
+run_add_ll(PyObject *obj, PyObject *name, long long delta)
 {
     long long x;
     PyObject *v;
@@ -774,20 +810,20 @@ run_add_ll(PyObject *obj, const char *name, long long delta)
     v = PyLong_FromLongLong(x + delta);
     if (v == NULL)
         return -1;
-    rc = PyObject_SetAttrString(obj, name, v);
+    rc = PyObject_SetAttr(obj, name, v);
     Py_DECREF(v);
     return rc;
 }
 
 /* Set an int attribute to a value (0, or -1 with an error set). */
 static int
-run_set_ll(PyObject *obj, const char *name, long long value)
+run_set_ll(PyObject *obj, PyObject *name, long long value)
 {
     PyObject *v = PyLong_FromLongLong(value);
     int rc;
     if (v == NULL)
         return -1;
-    rc = PyObject_SetAttrString(obj, name, v);
+    rc = PyObject_SetAttr(obj, name, v);
     Py_DECREF(v);
     return rc;
 }
@@ -846,14 +882,14 @@ run_alloc_load(run_alloc_t *a, PyObject *mm, PyObject *vma)
 {
     PyObject *lru = NULL, *order = NULL;
     a->loaded = 1;
-    if (!(a->machine = PyObject_GetAttrString(mm, "machine")) ||
-        !(a->zone = PyObject_GetAttrString(a->machine, "zone")) ||
-        !(a->mem_map = PyObject_GetAttrString(a->zone, "mem_map")) ||
-        !(a->free = PyObject_GetAttrString(a->zone, "_free")) ||
-        !(lru = PyObject_GetAttrString(a->machine, "lru")) ||
-        !(a->lru_active = PyObject_GetAttrString(lru, "active")) ||
-        !(order = PyObject_GetAttrString(a->zone, "reuse_order")) ||
-        !(a->anon_vma = PyObject_GetAttrString(vma, "anon_vma"))) {
+    if (!(a->machine = PyObject_GetAttr(mm, run_s_machine)) ||
+        !(a->zone = PyObject_GetAttr(a->machine, run_s_zone)) ||
+        !(a->mem_map = PyObject_GetAttr(a->zone, run_s_mem_map)) ||
+        !(a->free = PyObject_GetAttr(a->zone, run_s_free)) ||
+        !(lru = PyObject_GetAttr(a->machine, run_s_lru)) ||
+        !(a->lru_active = PyObject_GetAttr(lru, run_s_active)) ||
+        !(order = PyObject_GetAttr(a->zone, run_s_reuse_order)) ||
+        !(a->anon_vma = PyObject_GetAttr(vma, run_s_anon_vma))) {
         Py_XDECREF(lru);
         Py_XDECREF(order);
         return -1;
@@ -865,11 +901,11 @@ run_alloc_load(run_alloc_t *a, PyObject *mm, PyObject *vma)
         PyErr_SetString(PyExc_TypeError, "write_page_run: mem_map is a list, lru.active a dict");
         return -1;
     }
-    a->nr_free = run_get_ll(a->zone, "nr_free");
-    a->fresh = run_get_ll(a->zone, "_fresh");
-    a->present = run_get_ll(a->zone, "present_pages");
-    a->vm_start = run_get_ll(vma, "vm_start");
-    a->vm_pgoff = run_get_ll(vma, "vm_pgoff");
+    a->nr_free = run_get_ll(a->zone, run_s_nr_free);
+    a->fresh = run_get_ll(a->zone, run_s_fresh);
+    a->present = run_get_ll(a->zone, run_s_present_pages);
+    a->vm_start = run_get_ll(vma, run_s_vm_start);
+    a->vm_pgoff = run_get_ll(vma, run_s_vm_pgoff);
     return PyErr_Occurred() ? -1 : 0;
 }
 
@@ -993,7 +1029,7 @@ speedups_write_page_run(PyObject *module, PyObject *const *args, Py_ssize_t narg
         PyErr_SetString(PyExc_TypeError, "write_page_run: a malformed source");
         return NULL;
     }
-    pgd = PyObject_GetAttrString(mm, "pgd");
+    pgd = PyObject_GetAttr(mm, run_s_pgd);
     if (pgd == NULL)
         return NULL;
     if (!PyDict_Check(pgd)) {
@@ -1053,10 +1089,10 @@ speedups_write_page_run(PyObject *module, PyObject *const *args, Py_ssize_t narg
             PyObject *page;
             unsigned long long pfn = pte >> RUN_PAGE_SHIFT;
             if (mem_map == NULL) {
-                PyObject *machine = PyObject_GetAttrString(mm, "machine"), *zone;
-                zone = machine ? PyObject_GetAttrString(machine, "zone") : NULL;
+                PyObject *machine = PyObject_GetAttr(mm, run_s_machine), *zone;
+                zone = machine ? PyObject_GetAttr(machine, run_s_zone) : NULL;
                 Py_XDECREF(machine);
-                mem_map = zone ? PyObject_GetAttrString(zone, "mem_map") : NULL;
+                mem_map = zone ? PyObject_GetAttr(zone, run_s_mem_map) : NULL;
                 Py_XDECREF(zone);
                 if (mem_map == NULL) {
                     Py_DECREF(data);
@@ -1164,14 +1200,14 @@ speedups_write_page_run(PyObject *module, PyObject *const *args, Py_ssize_t narg
         if (failed)
             PyErr_Fetch(&et, &ev, &tb);
         if (a.allocated) {
-            rc |= run_set_ll(a.zone, "nr_free", a.nr_free);
+            rc |= run_set_ll(a.zone, run_s_nr_free, a.nr_free);
             if (a.fresh_used)
-                rc |= run_set_ll(a.zone, "_fresh", a.fresh);
+                rc |= run_set_ll(a.zone, run_s_fresh, a.fresh);
         }
         if (new_maps) {
-            rc |= run_add_ll(a.zone, "map_generation", new_maps);
-            rc |= run_add_ll(a.machine, "nr_anon_pages", new_maps);
-            rc |= run_add_ll(mm, "anon_rss", new_maps);
+            rc |= run_add_ll(a.zone, run_s_map_generation, new_maps);
+            rc |= run_add_ll(a.machine, run_s_nr_anon_pages, new_maps);
+            rc |= run_add_ll(mm, run_s_anon_rss, new_maps);
         }
         if (failed)
             PyErr_Restore(et, ev, tb);

@@ -64,6 +64,8 @@ __all__ = [
     "SOURCE_CYCLIC",
     "SOURCE_NUMBERED",
     "PageSource",
+    "WritePageRun",
+    "source_page",
     "write_page_run_function",
     "write_page_run_py",
     "write_user_pages",
@@ -272,7 +274,7 @@ def _setup_c() -> WritePageRun | None:
 def write_page_run_function(shortcuts: Shortcuts) -> WritePageRun:
     """Return write_page_run(): the C loop with ``c_helpers`` (when built), else the twin."""
     if shortcuts.c_helpers:
-        fn = _setup_c()
+        fn = _write_page_run_c if _c_setup_done else _setup_c()
         if fn is not None:
             return fn
     return write_page_run_py

@@ -32,15 +32,17 @@ from ksmsim.kernel.memory_shortcuts import (
     SOURCE_CYCLIC,
     SOURCE_NUMBERED,
     PageSource,
+    WritePageRun,
     source_page,
     write_page_run_function,
+    write_page_run_py,
     write_user_pages,
 )
 from ksmsim.kernel.mm import VM_WRITE, MmStruct
 from ksmsim.kernel.page import PAGE_SHIFT, PAGE_SIZE
 from ksmsim.workload.patterns import REPEAT_FILLER, UNIQUE_FILLER, Pattern, parse_pattern
 
-__all__ = ["fill_writes", "write_pattern"]
+__all__ = ["RegionWriter", "fill_writes", "write_pattern"]
 
 _UNIQUE_FILL: Final = bytes([UNIQUE_FILLER]) * PAGE_SIZE
 _REPEAT_TEXTS: dict[str, list[bytes]] = {}
@@ -122,41 +124,37 @@ def fill_writes(
         yield address, p.page(i, proc=proc, region=region, salt=salt)
 
 
-def _page_source(
-    mm: MmStruct, p: Pattern, *, proc: str, region: str, salt: str
-) -> PageSource | None:
-    """Return the PageSource giving page_bytes' contents of ``p`` (as fill_writes() gives
-    them), or None where write_page_run() cannot take the pattern."""
+_SOURCES: dict[tuple[str, int, str, str, str, bool], PageSource | None] = {}
+"""_page_source()'s answers, by (pattern, proc, region, salt, lazy): a writer asks each step."""
+_SOURCES_MAX: Final = 4096
+
+
+def _page_source(key: tuple[str, int, str, str, str, bool], p: Pattern) -> PageSource | None:
+    """Return the PageSource giving page_bytes' contents of ``p`` for the proc, region and
+    salt of ``key`` (as fill_writes() gives them, as PageTexts when lazy), or None where
+    write_page_run() cannot take it; remember the answer in _SOURCES."""
+    _kind, _value, proc, region, salt, lazy = key
+    source: PageSource | None = None
     if p.is_constant:
-        return PageSource(SOURCE_CONSTANT, p.page(0, proc=proc, region=region, salt=salt), 0)
-    ksm = mm.machine.ksm
-    if PageText is None or ksm is None or not ksm.shortcuts.lazy_contents:
-        return None
-    if not ksm.shortcuts.c_helpers:
-        return None
-    if p.kind == "unique":
+        source = PageSource(SOURCE_CONSTANT, p.page(0, proc=proc, region=region, salt=salt), 0)
+    elif lazy and p.kind == "unique":
         try:
             head = f"U|{salt}|{proc}|{region}|".encode("ascii")
+            source = PageSource(SOURCE_NUMBERED, head, UNIQUE_FILLER)
         except UnicodeEncodeError:
-            return None  # page_bytes raises the error, page by page
-        return PageSource(SOURCE_NUMBERED, head, UNIQUE_FILLER)
-    texts = _repeat_texts(salt, 0)
-    if texts is None:
-        return None
-    return PageSource(SOURCE_CYCLIC, texts, p.value)
+            pass  # page_bytes raises the error, page by page
+    elif lazy:
+        texts = _repeat_texts(salt, 0)
+        if texts is not None:
+            source = PageSource(SOURCE_CYCLIC, texts, p.value)
+    if len(_SOURCES) >= _SOURCES_MAX:
+        _SOURCES.clear()
+    _SOURCES[key] = source
+    return source
 
 
-def _runs_allowed(mm: MmStruct) -> bool:
-    """Tell whether write_page_run() may run: write_user_pages()'s conditions for its loop."""
-    machine = mm.machine
-    ksm = machine.ksm
-    return (
-        ksm is not None
-        and ksm.shortcuts.fill_batch
-        and machine.swap is None
-        and not machine.config.lru_pagevec
-        and ksm._shortcuts_allowed()
-    )
+_GC_PAUSE_PAGES: Final = 64
+"""Runs shorter than this do not pause the collector (a pause costs more than it saves)."""
 
 
 def write_pattern(
@@ -176,16 +174,35 @@ def write_pattern(
     ``pattern``, skipping unmapped pages, as write_user_pages() of fill_writes() would; return
     how many pages were written."""
     offset = 0 if index is None else index - first
+    machine = mm.machine
+    ksm = machine.ksm
     source: PageSource | None = None
     p: Pattern | None = None
-    if count > 0 and first + offset >= 0 and _runs_allowed(mm):
-        try:
-            p = parse_pattern(pattern)
-        except ValueError:
-            p = None  # raised by fill_writes() at the first page written, if any
+    if (
+        count > 0
+        and first + offset >= 0
+        and ksm is not None
+        and ksm.shortcuts.fill_batch
+        and machine.swap is None
+        and not machine.config.lru_pagevec
+        and machine.preempt is None
+        and not ksm.mutations
+    ):
+        # write_user_pages()'s conditions for its loop, which write_page_run() shares (and
+        # Ksm._shortcuts_allowed()'s).
+        if type(pattern) is Pattern:
+            p = pattern
+        else:
+            try:
+                p = parse_pattern(pattern)
+            except ValueError:
+                p = None  # raised by fill_writes() at the first page written, if any
         if p is not None:
-            source = _page_source(mm, p, proc=proc, region=region, salt=salt)
-    if source is None or p is None:
+            shortcuts = ksm.shortcuts
+            lazy = PageText is not None and shortcuts.lazy_contents and shortcuts.c_helpers
+            key = (p.kind, p.value, proc, region, salt, lazy)  # a Pattern's own hash is slower
+            source = _SOURCES[key] if key in _SOURCES else _page_source(key, p)
+    if source is None or p is None or ksm is None:
         writes = fill_writes(
             mm,
             base,
@@ -197,36 +214,138 @@ def write_pattern(
             index_offset=offset,
         )
         return write_user_pages(mm, writes)
-    ksm = mm.machine.ksm
-    assert ksm is not None
     run = write_page_run_function(ksm.shortcuts)
+    if count < _GC_PAUSE_PAGES:
+        return _write_runs(mm, base, p, source, first, count, offset, run, proc, region, salt)
+    with pause_gc(ksm):
+        return _write_runs(mm, base, p, source, first, count, offset, run, proc, region, salt)
+
+
+def _write_runs(
+    mm: MmStruct,
+    base: int,
+    p: Pattern,
+    source: PageSource,
+    first: int,
+    count: int,
+    offset: int,
+    run: WritePageRun,
+    proc: str,
+    region: str,
+    salt: str,
+) -> int:
+    """The loop of write_pattern(): area by area, write_page_run() and the exact path for the
+    pages it does not take."""
     done = 0
     k = 0
-    with pause_gc(ksm):
-        while k < count:
-            address = base + ((first + k) << PAGE_SHIFT)
-            vma = mm.find_vma(address)
-            if vma is None:
-                break  # no area from here up: the rest is unmapped, skipped
-            if vma.vm_start > address:
-                k = min(count, k + ((vma.vm_start - address) >> PAGE_SHIFT))  # a hole: skipped
+    while k < count:
+        address = base + ((first + k) << PAGE_SHIFT)
+        vma = mm.find_vma(address)
+        if vma is None:
+            break  # no area from here up: the rest is unmapped, skipped
+        if vma.vm_start > address:
+            k = min(count, k + ((vma.vm_start - address) >> PAGE_SHIFT))  # a hole: skipped
+            continue
+        if vma.vm_flags & VM_WRITE:
+            n = min(count - k, (vma.vm_end - address) >> PAGE_SHIFT)
+            if source.kind == SOURCE_CYCLIC:
+                i = first + offset + k
+                _repeat_texts(salt, min(source.arg, i + n))
+            written = run(mm, vma, address, n, source, first + offset + k)
+            done += written
+            k += written
+            if written == n:
                 continue
-            if vma.vm_flags & VM_WRITE:
-                n = min(count - k, (vma.vm_end - address) >> PAGE_SHIFT)
-                if source.kind == SOURCE_CYCLIC:
-                    i = first + offset + k
-                    _repeat_texts(salt, min(source.arg, i + n))
-                written = run(mm, vma, address, n, source, first + offset + k)
-                done += written
-                k += written
-                if written == n:
-                    continue
-            # The page the loop does not take: the exact path (another fault, SIGSEGV, OOM).
-            i = first + offset + k
-            data = source_page(source, i)
-            if data is None:
-                data = p.page(i, proc=proc, region=region, salt=salt)
-            write_user_bytes(mm, base + ((first + k) << PAGE_SHIFT), data)
-            done += 1
-            k += 1
+        # The page the loop does not take: the exact path (another fault, SIGSEGV, OOM).
+        i = first + offset + k
+        data = source_page(source, i)
+        if data is None:
+            data = p.page(i, proc=proc, region=region, salt=salt)
+        write_user_bytes(mm, base + ((first + k) << PAGE_SHIFT), data)
+        done += 1
+        k += 1
     return done
+
+
+class RegionWriter:
+    """Writes of one pattern to one region of one process (a background writer's), each as
+    write_pattern() would do it, with what write_pattern() works out at every call (the
+    source, the loop to use) worked out once per set of shortcuts: a writer writes a page or
+    two a call, where that work would cost more than the writes."""
+
+    __slots__ = ("_run", "_shortcuts", "_source", "base", "mm", "pattern", "proc", "region", "salt")
+
+    def __init__(
+        self, mm: MmStruct, base: int, pattern: Pattern, *, proc: str, region: str, salt: str
+    ) -> None:
+        self.mm = mm
+        self.base = base
+        self.pattern = pattern
+        self.proc = proc
+        self.region = region
+        self.salt = salt
+        self._shortcuts: object = None
+        self._source: PageSource | None = None
+        self._run: WritePageRun = write_page_run_py
+
+    def _refresh(self) -> None:
+        """Work out the source and the loop for the machine's shortcuts now."""
+        machine = self.mm.machine
+        ksm = machine.ksm
+        assert ksm is not None
+        shortcuts = self._shortcuts = ksm.shortcuts
+        self._source = None
+        if shortcuts.fill_batch and machine.swap is None and not machine.config.lru_pagevec:
+            lazy = PageText is not None and shortcuts.lazy_contents and shortcuts.c_helpers
+            p = self.pattern
+            key = (p.kind, p.value, self.proc, self.region, self.salt, lazy)
+            self._source = _SOURCES[key] if key in _SOURCES else _page_source(key, p)
+        self._run = write_page_run_function(shortcuts)
+
+    def write(self, first: int, count: int, index: int) -> int:
+        """Write pages ``first`` to ``first + count - 1`` of the region with the contents of
+        indices ``index``, ... of the pattern: write_pattern(); return the pages written."""
+        mm = self.mm
+        machine = mm.machine
+        ksm = machine.ksm
+        if ksm is not None and ksm.shortcuts is not self._shortcuts:
+            self._refresh()
+        source = self._source
+        if (
+            source is not None
+            and ksm is not None
+            and machine.preempt is None
+            and not ksm.mutations
+            and 0 < count < _GC_PAUSE_PAGES
+            and index >= 0
+        ):
+            # write_pattern()'s conditions (the others are the ones _refresh() checked), for a
+            # run inside one writable area: its write_page_run() call, the rest as it does.
+            address = self.base + (first << PAGE_SHIFT)
+            vma = mm.find_vma(address)
+            if (
+                vma is not None
+                and vma.vm_start <= address
+                and address + (count << PAGE_SHIFT) <= vma.vm_end
+                and vma.vm_flags & VM_WRITE
+            ):
+                if source.kind == SOURCE_CYCLIC:
+                    _repeat_texts(self.salt, min(source.arg, index + count))
+                written = self._run(mm, vma, address, count, source, index)
+                if written == count:
+                    return written
+                return written + self._write(first + written, count - written, index + written)
+        return self._write(first, count, index)
+
+    def _write(self, first: int, count: int, index: int) -> int:
+        return write_pattern(
+            self.mm,
+            self.base,
+            self.pattern,
+            first,
+            count,
+            proc=self.proc,
+            region=self.region,
+            salt=self.salt,
+            index=index,
+        )
