@@ -44,15 +44,20 @@ with ``-`` to switch it off, applied to ``all``, e.g. ``-c_helpers`` or ``none,s
     mm's areas, their flags and its users are unchanged (all of which move the zone's
     ``map_generation``); otherwise, and at the end of each mm and batch, the exact path runs.
 ``fill_batch``
-    Whole-page user writes (a ``fill``) go through memory_shortcuts.write_user_pages(), which
-    takes the two common cases (a page never touched, a page mapped writable) in one loop
-    with the steps write_user_bytes() takes for them; see that module for the conditions.
+    Whole-page user writes (a ``fill``, a background writer's writes) go through
+    memory_shortcuts.write_user_pages(), which takes the two common cases (a page never
+    touched, a page mapped writable) in one loop with the steps write_user_bytes() takes for
+    them; see that module for the conditions. A fill or a writer hands a run of consecutive
+    pages of one area, with contents a ``PageSource`` generates (a constant page, ``unique``
+    and ``repeat:K`` pages as below), to write_page_run() there: the same loop over the run,
+    in C with ``c_helpers`` (its pure-Python twin otherwise), which stops at the first page
+    in neither case and leaves that page to write_user_bytes() (fill_batch.write_pattern).
 ``lazy_contents``
-    A ``fill`` writes each ``unique`` page as a ``PageText`` (the C extension's): its header
-    and filler byte, standing for the very same 4096 bytes and behaving as them wherever the
-    model uses contents (comparisons with bytes and with each other, hash, indexing, slices,
-    the buffer protocol that checksums and digests read). Needs ``c_helpers``; off, the fill
-    builds the bytes themselves.
+    A ``fill`` and a background writer write each ``unique`` and ``repeat:K`` page as a
+    ``PageText`` (the C extension's): its header and filler byte, standing for the very same
+    4096 bytes and behaving as them wherever the model uses contents (comparisons with bytes
+    and with each other, hash, indexing, slices, the buffer protocol that checksums and
+    digests read). Needs ``c_helpers``; off, they build the bytes themselves.
 ``content_checksum``
     calc_checksum() asks contents held as a ``PageText`` for their checksum, which the object
     computes once (with the profile's checksum function) and keeps: it is a function of the

@@ -8,18 +8,15 @@ digest) plus the counters a snapshot records.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ksmsim.kernel.invariants import check_all
 from ksmsim.kernel.ksm import KSM_RUN_MERGE, KSM_RUN_STOP, KSM_RUN_UNMERGE
 from ksmsim.kernel.ksm_sysfs import KsmSysfs
 from ksmsim.kernel.ksmd import Ksmd, KsmdCost
 from ksmsim.kernel.machine import Machine, MachineConfig
 from ksmsim.kernel.madvise import ADVICE_NAMES, MADV_MERGEABLE, MADV_NOHUGEPAGE, do_madvise
 from ksmsim.kernel.memory import FaultError, peek_user_page, read_user_byte, write_user_bytes
-from ksmsim.kernel.migrate import migrate_range
 from ksmsim.kernel.mm import MMF_VM_MERGE_ANY, MmStruct, pte_pfn, pte_present, pte_special
 from ksmsim.kernel.mmap import do_mmap_anon, do_munmap
 from ksmsim.kernel.page import PAGE_SHIFT, PAGE_SIZE
@@ -287,6 +284,8 @@ class Host:
         """Return the sha256 of a region's mapped pages, in order (untouched pages read as zeros)."""
         p = self.proc(proc)
         r = self.region(proc, region)
+        import hashlib  # here: only digests need it (an import a run does without)
+
         h = hashlib.sha256()
         for i in range(r.pages):
             data = peek_user_page(p.mm, r.page_address(i))
@@ -365,6 +364,8 @@ class Host:
             pte = p.mm.pte_get(r.page_address(i))
             if pte_present(pte) and not pte_special(pte):
                 pages.append(zone.pfn_to_page(pte_pfn(pte)))
+        from ksmsim.kernel.migrate import migrate_range  # here: few runs migrate
+
         out = migrate_range(self.machine, pages)
         self._checkpoint()
         return out
@@ -427,4 +428,6 @@ class Host:
     def _checkpoint(self) -> None:
         self.machine.kswapd()
         if self.check:
+            from ksmsim.kernel.invariants import check_all  # here: only checked runs need it
+
             check_all(self.machine)
