@@ -192,20 +192,28 @@ def using_shortcuts(shortcuts: Shortcuts) -> Iterator[None]:
         set_default_shortcuts(old)
 
 
-@contextmanager
-def pause_gc(ksm: Any) -> Iterator[None]:
+class pause_gc:  # a class named as the function it stands for: ``with pause_gc(ksm):``
     """Pause the cyclic garbage collector inside the block when ``ksm`` (a Ksm, or None) has
     the ``gc_pause`` shortcut and shortcuts may run; restore it after, with what the block
-    allocated moved to the oldest generation (``gc_pause``)."""
-    pause = (
-        ksm is not None and ksm.shortcuts.gc_pause and ksm._shortcuts_allowed() and gc.isenabled()
-    )
-    if pause:
-        gc.disable()
-    try:
-        yield
-    finally:
-        if pause:
+    allocated moved to the oldest generation (``gc_pause``). A class, not a generator: ksmd
+    enters one every batch."""
+
+    __slots__ = ("_pause",)
+
+    def __init__(self, ksm: Any) -> None:
+        self._pause = (
+            ksm is not None
+            and ksm.shortcuts.gc_pause
+            and ksm._shortcuts_allowed()
+            and gc.isenabled()
+        )
+
+    def __enter__(self) -> None:
+        if self._pause:
+            gc.disable()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pause:
             if not gc.get_freeze_count():  # nobody else froze objects: unfreeze only ours
                 gc.freeze()
                 gc.unfreeze()  # everything now in the oldest generation
