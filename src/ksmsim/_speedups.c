@@ -828,44 +828,59 @@ run_set_ll(PyObject *obj, PyObject *name, long long value)
     return rc;
 }
 
+/* A PageText of head + "%d|" % i and filler (a new reference), or NULL: with an error set on
+ * failure, without one where the head would be longer than a page. */
+static PyObject *
+run_numbered(PyObject *head, long long filler, long long i)
+{
+    char buf[RUN_PAGE_SIZE + 32], digits[24];
+    Py_ssize_t hlen = PyBytes_GET_SIZE(head), n = 0;
+    unsigned long long u = (unsigned long long)i;
+    if (hlen > RUN_PAGE_SIZE)
+        return NULL;
+    do {
+        digits[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (hlen + n + 1 > RUN_PAGE_SIZE)
+        return NULL;
+    memcpy(buf, PyBytes_AS_STRING(head), (size_t)hlen);
+    for (Py_ssize_t k = 0; k < n; k++)
+        buf[hlen + k] = digits[n - 1 - k];
+    buf[hlen + n] = '|';
+    return pagetext_make(&PageText_Type, buf, hlen + n + 1, (unsigned char)filler, RUN_PAGE_SIZE);
+}
+
 /* The contents the source gives page i (a new reference), or NULL: with an error set on
  * failure, without one where the source gives none (memory_shortcuts.source_page). */
 static PyObject *
-run_source_page(long kind, PyObject *obj, long long arg, long long i)
+run_source_page(long kind, PyObject *obj, long long modulus, PyObject *head, long long filler,
+                long long i)
 {
+    long long r;
+    PyObject *item;
     if (kind == 0) {
         Py_INCREF(obj);
         return obj;
     }
     if (i < 0)
         return NULL;
-    if (kind == 1) {
-        char buf[RUN_PAGE_SIZE + 32], digits[24];
-        Py_ssize_t hlen = PyBytes_GET_SIZE(obj), n = 0;
-        unsigned long long u = (unsigned long long)i;
-        if (hlen > RUN_PAGE_SIZE)
+    if (kind == 1)
+        return run_numbered(head, filler, i);
+    r = i % modulus;
+    while (PyList_GET_SIZE(obj) <= r) {  /* grown with no gaps, as source_page() grows it */
+        PyObject *text = run_numbered(head, filler, PyList_GET_SIZE(obj));
+        int rc;
+        if (text == NULL)
             return NULL;
-        do {
-            digits[n++] = (char)('0' + u % 10);
-            u /= 10;
-        } while (u);
-        if (hlen + n + 1 > RUN_PAGE_SIZE)
+        rc = PyList_Append(obj, text);
+        Py_DECREF(text);
+        if (rc < 0)
             return NULL;
-        memcpy(buf, PyBytes_AS_STRING(obj), (size_t)hlen);
-        for (Py_ssize_t k = 0; k < n; k++)
-            buf[hlen + k] = digits[n - 1 - k];
-        buf[hlen + n] = '|';
-        return pagetext_make(&PageText_Type, buf, hlen + n + 1, (unsigned char)arg, RUN_PAGE_SIZE);
     }
-    {
-        long long r = i % arg;
-        PyObject *item;
-        if (r >= PyList_GET_SIZE(obj))
-            return NULL;
-        item = PyList_GET_ITEM(obj, r);
-        Py_INCREF(item);
-        return item;
-    }
+    item = PyList_GET_ITEM(obj, r);
+    Py_INCREF(item);
+    return item;
 }
 
 /* What an allocation needs from the machine, read at the first never-touched page. */
@@ -994,16 +1009,16 @@ PyDoc_STRVAR(write_page_run_doc,
 static PyObject *
 speedups_write_page_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *mm, *vma, *source, *pgd = NULL, *kind_o, *obj, *table = NULL, *key = NULL;
+    PyObject *mm, *vma, *source, *pgd = NULL, *obj, *head, *table = NULL, *key = NULL;
     PyObject *mem_map = NULL;
-    long long address, count, index, arg, done = 0, cur_key = -1, new_maps = 0;
+    long long address, count, index, modulus, filler, done = 0, cur_key = -1, new_maps = 0;
     long kind;
     Py_buffer view;
     int have_view = 0, failed = 0;
     run_alloc_t a;
     (void)module;
     memset(&a, 0, sizeof(a));
-    if (nargs != 6 || !PyTuple_Check(args[4]) || PyTuple_GET_SIZE(args[4]) != 3) {
+    if (nargs != 6 || !PyTuple_Check(args[4]) || PyTuple_GET_SIZE(args[4]) != 5) {
         PyErr_SetString(PyExc_TypeError,
                         "write_page_run(mm, vma, address, count, source, index)");
         return NULL;
@@ -1018,14 +1033,17 @@ speedups_write_page_run(PyObject *module, PyObject *const *args, Py_ssize_t narg
     address = PyLong_AsLongLong(args[2]);
     count = PyLong_AsLongLong(args[3]);
     index = PyLong_AsLongLong(args[5]);
-    kind_o = PyTuple_GET_ITEM(source, 0);
+    /* source: PageSource(kind, obj, modulus, head, filler) */
+    kind = PyLong_AsLong(PyTuple_GET_ITEM(source, 0));
     obj = PyTuple_GET_ITEM(source, 1);
-    kind = PyLong_AsLong(kind_o);
-    arg = PyLong_AsLongLong(PyTuple_GET_ITEM(source, 2));
+    modulus = PyLong_AsLongLong(PyTuple_GET_ITEM(source, 2));
+    head = PyTuple_GET_ITEM(source, 3);
+    filler = PyLong_AsLongLong(PyTuple_GET_ITEM(source, 4));
     if (PyErr_Occurred())
         return NULL;
-    if ((kind == 1 && !PyBytes_Check(obj)) || (kind == 2 && (!PyList_Check(obj) || arg < 1)) ||
-        kind < 0 || kind > 2 || (kind == 1 && (arg < 0 || arg > 255))) {
+    if (kind < 0 || kind > 2 ||
+        (kind != 0 && (!PyBytes_Check(head) || filler < 0 || filler > 255)) ||
+        (kind == 2 && (!PyList_Check(obj) || modulus < 1))) {
         PyErr_SetString(PyExc_TypeError, "write_page_run: a malformed source");
         return NULL;
     }
@@ -1042,7 +1060,7 @@ speedups_write_page_run(PyObject *module, PyObject *const *args, Py_ssize_t narg
         long long vpn = addr >> RUN_PAGE_SHIFT, k = vpn >> 9;
         unsigned long long pte;
         uint64_t *ptes;
-        PyObject *data = run_source_page(kind, obj, arg, index + done);
+        PyObject *data = run_source_page(kind, obj, modulus, head, filler, index + done);
         if (data == NULL) {
             failed = PyErr_Occurred() != NULL;
             break;

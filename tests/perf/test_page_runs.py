@@ -63,18 +63,16 @@ def _machine(seed: int, shortcuts: Shortcuts | None = None) -> Host:
 
 
 def _sources(rng: random.Random) -> list[ms.PageSource]:
+    texts = [page_bytes("repeat:9", i, proc="", region="") for i in range(4)]
     out = [
-        ms.PageSource(ms.SOURCE_CONSTANT, page_bytes(rng.randrange(256), 0, proc="", region=""), 0),
-        ms.PageSource(
-            ms.SOURCE_CYCLIC, [page_bytes("repeat:5", i, proc="", region="") for i in range(5)], 5
-        ),
-        ms.PageSource(
-            ms.SOURCE_CYCLIC, [page_bytes("repeat:9", i, proc="", region="") for i in range(4)], 9
-        ),
+        ms.PageSource(ms.SOURCE_CONSTANT, page_bytes(rng.randrange(256), 0, proc="", region="")),
+        ms.PageSource(ms.SOURCE_CYCLIC, texts, 9, b"R||", 0xA5),
     ]
     if PageText is not None:
-        out.append(ms.PageSource(ms.SOURCE_NUMBERED, b"U|s|a|r|", 0x5A))
-        out.append(ms.PageSource(ms.SOURCE_NUMBERED, b"H" * 4093, 0x5A))  # too long from 10
+        out.append(ms.PageSource(ms.SOURCE_NUMBERED, head=b"U|s|a|r|", filler=0x5A))
+        out.append(ms.PageSource(ms.SOURCE_NUMBERED, head=b"H" * 4093, filler=0x5A))  # 10: long
+        out.append(ms.PageSource(ms.SOURCE_CYCLIC, [], 7, b"R|x|", 0xA5))
+        out.append(ms.PageSource(ms.SOURCE_CYCLIC, [], 50, b"R" * 4092, 0xA5))  # 10: long
     return out
 
 
@@ -86,11 +84,13 @@ def test_write_page_run_c_equals_py(seed: int) -> None:
     hosts = (_machine(seed), _machine(seed))
     assert first_difference(_state(hosts[0]), _state(hosts[1])) is None
     for _ in range(12):
-        source = rng.choice(_sources(rng))
+        choice = rng.randrange(len(_sources(random.Random(0))))
+        sources = (_sources(random.Random(seed)), _sources(random.Random(seed)))
         first = rng.randrange(96)
         index = rng.choice((first, rng.randrange(20), -1 if rng.random() < 0.05 else 0))
         got = []
-        for host, run in zip(hosts, (C_RUN, ms.write_page_run_py), strict=True):
+        for host, run, mine in zip(hosts, (C_RUN, ms.write_page_run_py), sources, strict=True):
+            source = mine[choice]
             mm = host.proc("a").mm
             r = host.region("a", "r")
             address = r.page_address(first)
@@ -102,6 +102,7 @@ def test_write_page_run_c_equals_py(seed: int) -> None:
             got.append(run(mm, vma, address, count, source, index))
         assert got[0] == got[1]
         assert first_difference(_state(hosts[0]), _state(hosts[1])) is None
+        assert sources[0][choice] == sources[1][choice]  # lists grown alike
 
 
 def _exact(host: Host, pattern: Any, first: int, count: int, index: int, salt: str) -> int:

@@ -163,32 +163,46 @@ class PageSource(NamedTuple):
     """The contents of page ``i`` of a run of writes, generated (see ``source_page``).
 
     ``SOURCE_CONSTANT``: ``obj`` for every page. ``SOURCE_NUMBERED``: a ``PageText`` of head
-    ``obj + b"%d|" % i`` and filler byte ``arg`` (a ``unique`` page). ``SOURCE_CYCLIC``:
-    ``obj[i % arg]``, ``obj`` a list of shared contents (a ``repeat:K`` page).
+    ``head + b"%d|" % i`` and filler byte ``filler`` (a ``unique`` page). ``SOURCE_CYCLIC``:
+    ``obj[i % modulus]``, ``obj`` a list of shared contents (the ``repeat:K`` pages, K the
+    modulus), grown as needed with a ``PageText`` of head ``head + b"%d|" % r`` for residue r.
     """
 
     kind: int
-    obj: Any
-    arg: int
+    obj: Any = None
+    modulus: int = 1
+    head: bytes = b""
+    filler: int = 0
+
+
+def _numbered(head: bytes, filler: int, i: int) -> bytes | None:
+    """Return a PageText of ``head + b"%d|" % i`` and ``filler``, or None when longer than a page."""
+    text_head = head + b"%d|" % i
+    if len(text_head) > PAGE_SIZE:
+        return None
+    text: bytes = PageText(text_head, filler)
+    return text
 
 
 def source_page(source: PageSource, i: int) -> bytes | None:
     """Return the contents ``source`` gives page ``i``, or None where it gives none (a negative
-    index, a numbered head longer than a page, a cyclic list too short)."""
-    kind, obj, arg = source
+    index, a head longer than a page)."""
+    kind, obj, modulus, head, filler = source
     if kind == SOURCE_CONSTANT:
         data: bytes = obj
         return data
     if i < 0:
         return None
     if kind == SOURCE_NUMBERED:
-        head = obj + b"%d|" % i
-        if len(head) > PAGE_SIZE:
+        return _numbered(head, filler, i)
+    texts: list[bytes] = obj
+    r = i % modulus
+    while len(texts) <= r:  # grown with no gaps, as fill_batch._repeat_texts() grows it
+        text = _numbered(head, filler, len(texts))
+        if text is None:
             return None
-        text: bytes = PageText(head, arg)
-        return text
-    r = i % arg
-    return obj[r] if r < len(obj) else None
+        texts.append(text)
+    return texts[r]
 
 
 def write_page_run_py(

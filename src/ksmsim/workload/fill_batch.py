@@ -58,12 +58,14 @@ def _repeat_texts(salt: str, upto: int) -> list[bytes] | None:
         if not salt.isascii():
             return None
         texts = _REPEAT_TEXTS[salt] = []
-    for r in range(len(texts), upto):
-        head = f"R|{salt}|{r}|".encode("ascii")
-        if len(head) > PAGE_SIZE:
-            return None
-        texts.append(PageText(head, REPEAT_FILLER))
-    return texts
+    if len(texts) < upto:
+        prefix = f"R|{salt}|".encode("ascii")
+        for r in range(len(texts), upto):
+            head = prefix + b"%d|" % r  # as f"R|{salt}|{r}|" in ASCII
+            if len(head) > PAGE_SIZE:
+                return None
+            texts.append(PageText(head, REPEAT_FILLER))
+    return texts  # write_page_run() grows it the same way (memory_shortcuts.source_page)
 
 
 def fill_writes(
@@ -136,17 +138,18 @@ def _page_source(key: tuple[str, int, str, str, str, bool], p: Pattern) -> PageS
     _kind, _value, proc, region, salt, lazy = key
     source: PageSource | None = None
     if p.is_constant:
-        source = PageSource(SOURCE_CONSTANT, p.page(0, proc=proc, region=region, salt=salt), 0)
+        source = PageSource(SOURCE_CONSTANT, p.page(0, proc=proc, region=region, salt=salt))
     elif lazy and p.kind == "unique":
         try:
             head = f"U|{salt}|{proc}|{region}|".encode("ascii")
-            source = PageSource(SOURCE_NUMBERED, head, UNIQUE_FILLER)
+            source = PageSource(SOURCE_NUMBERED, head=head, filler=UNIQUE_FILLER)
         except UnicodeEncodeError:
             pass  # page_bytes raises the error, page by page
     elif lazy:
         texts = _repeat_texts(salt, 0)
         if texts is not None:
-            source = PageSource(SOURCE_CYCLIC, texts, p.value)
+            head = f"R|{salt}|".encode("ascii")
+            source = PageSource(SOURCE_CYCLIC, texts, p.value, head, REPEAT_FILLER)
     if len(_SOURCES) >= _SOURCES_MAX:
         _SOURCES.clear()
     _SOURCES[key] = source
@@ -248,9 +251,6 @@ def _write_runs(
             continue
         if vma.vm_flags & VM_WRITE:
             n = min(count - k, (vma.vm_end - address) >> PAGE_SHIFT)
-            if source.kind == SOURCE_CYCLIC:
-                i = first + offset + k
-                _repeat_texts(salt, min(source.arg, i + n))
             written = run(mm, vma, address, n, source, first + offset + k)
             done += written
             k += written
@@ -329,8 +329,6 @@ class RegionWriter:
                 and address + (count << PAGE_SHIFT) <= vma.vm_end
                 and vma.vm_flags & VM_WRITE
             ):
-                if source.kind == SOURCE_CYCLIC:
-                    _repeat_texts(self.salt, min(source.arg, index + count))
                 written = self._run(mm, vma, address, count, source, index)
                 if written == count:
                     return written
