@@ -187,6 +187,15 @@ def test_write_pattern_takes_the_run_loop_only_where_allowed(
     swapping.spawn("a")
     swapping.mmap("a", "r", 8)
     swapping.fill("a", "r", "unique")
+    writer = RegionWriter(
+        swapping.proc("a").mm,
+        swapping.region("a", "r").address,
+        parse_pattern("unique"),
+        proc="a",
+        region="r",
+        salt="churn",
+    )
+    assert writer.write(0, 2, 0) == 2
     with using_shortcuts(Shortcuts.parse("-fill_batch")):
         off = Host("v6.18", ram_pages=1000)
     off.spawn("a")

@@ -290,12 +290,11 @@ class RegionWriter:
 
     def _refresh(self) -> None:
         """Work out the source and the loop for the machine's shortcuts now."""
-        machine = self.mm.machine
-        ksm = machine.ksm
+        ksm = self.mm.machine.ksm
         assert ksm is not None
         shortcuts = self._shortcuts = ksm.shortcuts
         self._source = None
-        if shortcuts.fill_batch and machine.swap is None and not machine.config.lru_pagevec:
+        if shortcuts.fill_batch:
             lazy = PageText is not None and shortcuts.lazy_contents and shortcuts.c_helpers
             p = self.pattern
             key = (p.kind, p.value, self.proc, self.region, self.salt, lazy)
@@ -314,13 +313,15 @@ class RegionWriter:
         if (
             source is not None
             and ksm is not None
+            and machine.swap is None
+            and not machine.config.lru_pagevec
             and machine.preempt is None
             and not ksm.mutations
             and 0 < count < _GC_PAUSE_PAGES
             and index >= 0
         ):
-            # write_pattern()'s conditions (the others are the ones _refresh() checked), for a
-            # run inside one writable area: its write_page_run() call, the rest as it does.
+            # write_pattern()'s conditions (fill_batch is _refresh()'s), for a run inside one
+            # writable area: its write_page_run() call, and the rest as it does it.
             address = self.base + (first << PAGE_SHIFT)
             vma = mm.find_vma(address)
             if (
