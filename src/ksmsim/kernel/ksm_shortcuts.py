@@ -73,7 +73,8 @@ with ``-`` to switch it off, applied to ``all``, e.g. ``-c_helpers`` or ``none,s
     are the model's long-lived frames, rmap_items and nodes, which the young collections
     would only traverse again and again (and, as they pile up, trigger full collections
     over millions of objects: half the time of a large fill, a third of a long run). An
-    unreachable cycle among them is still reclaimed, by the next full collection.
+    unreachable cycle among them is still reclaimed, by the next full collection (which
+    they, not counted as survivors of a young collection, do not bring on themselves).
 ``c_helpers``
     Use the C versions of the helpers above (``ksmsim._speedups``) when it was built, and its
     rb_insert_color() for the trees' inserts and its twin of the pte loop of ksmd's VMA loop
