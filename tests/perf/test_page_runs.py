@@ -221,3 +221,17 @@ def test_pause_gc_leaves_new_objects_in_the_oldest_generation() -> None:
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_memory_stats_counts_the_allocated_ksm_pages() -> None:
+    host = Host("v6.18", ram_pages=4096)
+    for p in ("a", "b"):
+        host.spawn(p)
+        host.mmap(p, "r", 64)
+        host.fill(p, "r", "repeat:8")
+    host.scan(2)
+    host.write("a", "r", 1, start=0, count=8)  # COW breaks: some KSM pages go
+    zone = host.machine.zone
+    want = sum(1 for p in zone.allocated_pages() if p.mapping_flags == 3)
+    assert want > 0
+    assert host.memory()["ksm_pages"] == want
