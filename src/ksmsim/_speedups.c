@@ -19,9 +19,18 @@
  *     lib/rbtree.c's insert rebalancing on ksmsim.kernel.rbtree's nodes, as
  *     the pure-Python rb_insert_color there.
  *
- * scan_setup(...), scan_ptes(ksm, mm_slot, table, idx, address, stop, smart)
+ * scan_setup(...), scan_ptes(ksm, mm_slot, table, idx, address, stop, smart[, allow])
  *     The pte loop of ksmd's VMA loop over one pte table, with smart scan's
- *     skipping, as Ksm._scan_ptes in ksm.py.
+ *     skipping, as Ksm._scan_ptes in ksm.py; with allow >= 0 (visit_setup(),
+ *     shortcut first_visit) new items are allocated here, and up to allow
+ *     pages whose checksum changed are taken through their whole ksmd step.
+ *
+ * merge_setup(...), merge_fused(ksm, rmap_item, page, kpage)
+ *     Ksm.merge_with_ksm_page_fused() (shortcut fused_merge).
+ *
+ * free_scanned(page, ...)
+ *     The put_page() that frees a frame at the end of its ksmd step, when the
+ *     machine's free hook has nothing to note (shortcut fused_free).
  *
  * PageText(head, filler, size=4096)
  *     Page contents held as a head and a filler byte, standing for (and
@@ -1670,6 +1679,172 @@ speedups_stable_skip(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 }
 
 
+static inline long pb_long(PyObject *v, int *err);
+static inline int pb_set(PyObject **field, long x);
+
+static Py_ssize_t sn_dups_off = -1, sn_prune_off = -1;
+static long find_pg_locked;
+
+PyDoc_STRVAR(find_setup_doc,
+"find_setup(sn_dups, sn_chain_prune_time, pg_locked, /)\n"
+"--\n"
+"\n"
+"Tell stable_find the slots of a chain and the page lock bit.");
+
+static PyObject *
+speedups_find_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t a, b;
+    long locked;
+    (void)module;
+    if (!layout.ready) {
+        PyErr_SetString(PyExc_RuntimeError, "find_setup() before tree_setup()");
+        return NULL;
+    }
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "find_setup() takes exactly 3 arguments");
+        return NULL;
+    }
+    if ((a = slot_offset(args[0], layout.stable_type)) < 0 ||
+        (b = slot_offset(args[1], layout.stable_type)) < 0)
+        return NULL;
+    locked = PyLong_AsLong(args[2]);
+    if (locked == -1 && PyErr_Occurred())
+        return NULL;
+    sn_dups_off = a;
+    sn_prune_off = b;
+    find_pg_locked = locked;
+    Py_RETURN_NONE;
+}
+
+/* 1 when the page (a PageBase) can be taken for node as the search takes a found page: its
+ * keyhole holds (mapping is node, KSM flags, count above zero unless pinned), it is unlocked
+ * and holds data; 0 if not, -1 on error. */
+static int
+find_takes(PyObject *page_obj, PyObject *node, PyObject *data, int pinned)
+{
+    PageBaseObject *p = (PageBaseObject *)page_obj;
+    long flags, mflags, count;
+    int err = 0, c;
+    if (p->mapping != node)
+        return 0;
+    mflags = pb_long(p->mapping_flags, &err);
+    flags = err ? 0 : pb_long(p->flags, &err);
+    count = err ? 0 : pb_long(p->count, &err);
+    if (err)
+        return -1;
+    if (mflags != layout.ksm_flags || (!pinned && count == 0) || (flags & find_pg_locked))
+        return 0;
+    if (p->data == NULL || p->data == Py_None)
+        return 0;
+    c = contents_cmp(p->data, data);
+    if (c == -2)
+        return -1;
+    return c == 0;
+}
+
+PyDoc_STRVAR(stable_find_doc,
+"stable_find(node, data, pinned, chains, max_page_sharing, prune_floor, /)\n"
+"--\n"
+"\n"
+"stable_skip(), then take the node it stops at when the search would take its\n"
+"page (or a chain's first dup's) at once: returns (page with a reference, None,\n"
+"compares) or (None, node to take the exact step at, compares).");
+
+static PyObject *
+speedups_stable_find(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *walk, *node, *page, *head, *next, *t;
+    Py_ssize_t n;
+    long len, max_sharing, floor_, prune_time;
+    int pinned, chains, ok;
+    PageBaseObject *hit = NULL;
+    if (!layout.ready || sn_dups_off < 0 || !layout.page_native) {
+        PyErr_SetString(PyExc_RuntimeError, "stable_find() before find_setup(), or no PageBase");
+        return NULL;
+    }
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "stable_find() takes exactly 6 arguments");
+        return NULL;
+    }
+    pinned = PyObject_IsTrue(args[2]);
+    chains = PyObject_IsTrue(args[3]);
+    max_sharing = PyLong_AsLong(args[4]);
+    floor_ = PyLong_AsLong(args[5]);
+    if (pinned < 0 || chains < 0 || PyErr_Occurred())
+        return NULL;
+    walk = speedups_stable_skip(module, args, 3);
+    if (walk == NULL)
+        return NULL;
+    node = PyTuple_GET_ITEM(walk, 0);
+    n = PyLong_AsSsize_t(PyTuple_GET_ITEM(walk, 3));
+    if (n == -1 && PyErr_Occurred())
+        goto error;
+    if (node == Py_None)
+        goto miss;
+    if (slot_long(node, layout.sn_hlist_len, &len) < 0)
+        goto error;
+    if (len != layout.chain_len) {
+        /* A regular node: taken when it is a sharing candidate (or there are no chains). */
+        page = slot_get(node, layout.sn_page);
+        if (page == NULL)
+            goto error;
+        if (page == Py_None || !PyObject_TypeCheck(page, &PageBase_Type))
+            goto miss;
+        if (chains && !(len > 0 && len < max_sharing))
+            goto miss;
+        ok = find_takes(page, node, args[1], pinned);
+        if (ok < 0)
+            goto error;
+        if (ok)
+            hit = (PageBaseObject *)page;
+    } else if (chains) {
+        /* A chain whose first dup has room, is not alone, and no prune due. */
+        head = slot_get(node, sn_dups_off);
+        if (head == NULL)
+            goto error;
+        if (head == Py_None)
+            goto miss;
+        next = slot_get(head, layout.sn_dup_next);
+        if (next == NULL)
+            goto error;
+        if (next == Py_None)
+            goto miss;
+        if (slot_long(head, layout.sn_hlist_len, &len) < 0 ||
+            slot_long(node, sn_prune_off, &prune_time) < 0)
+            goto error;
+        if (!(len > 0 && len < max_sharing) || !(prune_time > floor_))
+            goto miss;
+        page = slot_get(head, layout.sn_page);
+        if (page == NULL)
+            goto error;
+        if (page == Py_None || !PyObject_TypeCheck(page, &PageBase_Type))
+            goto miss;
+        ok = find_takes(page, head, args[1], pinned);
+        if (ok < 0)
+            goto error;
+        if (ok)
+            hit = (PageBaseObject *)page;
+    }
+    if (hit != NULL) {
+        int err = 0;
+        long count = pb_long(hit->count, &err);
+        if (err || pb_set(&hit->count, count + 1) < 0)
+            goto error;
+        t = Py_BuildValue("(OOn)", (PyObject *)hit, Py_None, n + 1);
+        Py_DECREF(walk);
+        return t;
+    }
+miss:
+    t = Py_BuildValue("(OOn)", Py_None, node, n);
+    Py_DECREF(walk);
+    return t;
+error:
+    Py_DECREF(walk);
+    return NULL;
+}
+
+
 /* ---------------------------------------------------------------------------
  * rb_insert_color(node, root): lib/rbtree.c's insert rebalancing (v2.6.33) on
  * the nodes of ksmsim.kernel.rbtree, step for step as the pure-Python
@@ -1945,11 +2120,14 @@ error:
 
 
 /* ---------------------------------------------------------------------------
- * scan_ptes(ksm, mm_slot, table, idx, address, stop, smart): the pte loop of
+ * scan_ptes(ksm, mm_slot, table, idx, address, stop, smart[, allow]): the pte loop of
  * Ksm._scan_mm over one pte table, with smart scan's should_skip_rmap_item(),
  * as Ksm._scan_ptes in ksm.py does it, step for step; Ksm.get_next_rmap_item()
  * and Ksm.remove_rmap_item_from_tree() are called back where that code calls
  * them.  Returns (address, idx, visited, rmap_item or None, page or None).
+ * With allow >= 0 (first_visit) it also allocates new items itself and takes
+ * up to allow pages through their whole ksm_do_scan() step (visit_page()),
+ * counting them in ksm_pages_scanned as that step does.
  * ------------------------------------------------------------------------- */
 
 typedef struct {
@@ -2151,11 +2329,635 @@ scan_should_skip(PyObject *ksm, PyObject *item)
     return 1;
 }
 
-PyDoc_STRVAR(scan_ptes_doc,
-"scan_ptes(ksm, mm_slot, table, idx, address, stop, smart, /)\n"
+static inline long pb_long(PyObject *v, int *err);
+static inline int pb_set(PyObject **field, long x);
+
+/* ---------------------------------------------------------------------------
+ * The first_visit shortcut of scan_ptes (Ksm._scan_mm): get_next_rmap_item()'s
+ * allocation of a new item where it prunes nothing, and the whole of a
+ * ksm_do_scan() step for a page whose checksum has changed since its item's
+ * last visit (nothing but the checksum and its bookkeeping happens then).
+ * ------------------------------------------------------------------------- */
+
+typedef struct {
+    int ready;
+    PyTypeObject *work_type, *mm_type;
+    Py_ssize_t it_parent, it_left, it_right, it_red, it_mm, it_oldcsum, it_anon_vma;
+    Py_ssize_t it_head, it_hnext, it_hprev, it_tree_page;
+    Py_ssize_t wk_scanned, wk_checksums, wk_items, mm_rmap_items;
+    long ksm_flags;
+    PyObject *s_work, *s_mm, *s_rmap_items, *s_pages_scanned, *s_content, *s_calc;
+    PyObject *s_merge, *s_root, *s_rb_node, *s_put_page;
+    PyObject *s_map_generation, *s_unstable_gen, *s_ksm_scan, *s_seqnr, *s_unstable_root;
+    PyObject *s_unshared, *s_checksum_first;
+    Py_ssize_t wk_memcmps;
+    long unstable_flag, seqnr_mask, stable_flag;
+} visit_layout_t;
+
+static visit_layout_t visit_layout;
+
+PyDoc_STRVAR(visit_setup_doc,
+"visit_setup(work, mm, descriptors..., ksm_flags, /)\n"
 "--\n"
 "\n"
-"The pte loop of Ksm._scan_mm over one pte table, as Ksm._scan_ptes.");
+"Tell scan_ptes's first_visit shortcut the slots of new items and the counters.");
+
+static PyObject *
+speedups_visit_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    visit_layout_t l;
+    (void)module;
+    if (!scan_layout.ready) {
+        PyErr_SetString(PyExc_RuntimeError, "visit_setup() before scan_setup()");
+        return NULL;
+    }
+    if (nargs != 22) {
+        PyErr_SetString(PyExc_TypeError, "visit_setup() takes exactly 22 arguments");
+        return NULL;
+    }
+    if (!PyType_Check(args[0]) || !PyType_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "visit_setup: the first two arguments are classes");
+        return NULL;
+    }
+    l.work_type = (PyTypeObject *)args[0];
+    l.mm_type = (PyTypeObject *)args[1];
+    if ((l.it_parent = slot_offset(args[2], scan_layout.item_type)) < 0 ||
+        (l.it_left = slot_offset(args[3], scan_layout.item_type)) < 0 ||
+        (l.it_right = slot_offset(args[4], scan_layout.item_type)) < 0 ||
+        (l.it_red = slot_offset(args[5], scan_layout.item_type)) < 0 ||
+        (l.it_mm = slot_offset(args[6], scan_layout.item_type)) < 0 ||
+        (l.it_oldcsum = slot_offset(args[7], scan_layout.item_type)) < 0 ||
+        (l.it_anon_vma = slot_offset(args[8], scan_layout.item_type)) < 0 ||
+        (l.it_head = slot_offset(args[9], scan_layout.item_type)) < 0 ||
+        (l.it_hnext = slot_offset(args[10], scan_layout.item_type)) < 0 ||
+        (l.it_hprev = slot_offset(args[11], scan_layout.item_type)) < 0 ||
+        (l.it_tree_page = slot_offset(args[12], scan_layout.item_type)) < 0 ||
+        (l.wk_scanned = slot_offset(args[13], l.work_type)) < 0 ||
+        (l.wk_checksums = slot_offset(args[14], l.work_type)) < 0 ||
+        (l.wk_items = slot_offset(args[15], l.work_type)) < 0 ||
+        (l.mm_rmap_items = slot_offset(args[16], l.mm_type)) < 0 ||
+        (l.wk_memcmps = slot_offset(args[18], l.work_type)) < 0)
+        return NULL;
+    l.ksm_flags = PyLong_AsLong(args[17]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!(l.s_work = PyUnicode_InternFromString("work")) ||
+        !(l.s_mm = PyUnicode_InternFromString("mm")) ||
+        !(l.s_rmap_items = PyUnicode_InternFromString("ksm_rmap_items")) ||
+        !(l.s_pages_scanned = PyUnicode_InternFromString("ksm_pages_scanned")) ||
+        !(l.s_content = PyUnicode_InternFromString("_content_checksum")) ||
+        !(l.s_calc = PyUnicode_InternFromString("_calc")) ||
+        !(l.s_merge = PyUnicode_InternFromString("_visit_merge")) ||
+        !(l.s_root = PyUnicode_InternFromString("root_stable_tree")) ||
+        !(l.s_rb_node = PyUnicode_InternFromString("rb_node")) ||
+        !(l.s_put_page = PyUnicode_InternFromString("put_page")) ||
+        !(l.s_map_generation = PyUnicode_InternFromString("map_generation")) ||
+        !(l.s_unstable_gen = PyUnicode_InternFromString("_unstable_generation")) ||
+        !(l.s_ksm_scan = PyUnicode_InternFromString("ksm_scan")) ||
+        !(l.s_seqnr = PyUnicode_InternFromString("seqnr")) ||
+        !(l.s_unstable_root = PyUnicode_InternFromString("root_unstable_tree")) ||
+        !(l.s_unshared = PyUnicode_InternFromString("ksm_pages_unshared")) ||
+        !(l.s_checksum_first = PyUnicode_InternFromString("_checksum_first")))
+        return NULL;
+    l.unstable_flag = PyLong_AsLong(args[19]);
+    l.seqnr_mask = PyLong_AsLong(args[20]);
+    l.stable_flag = PyLong_AsLong(args[21]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_INCREF(l.work_type);
+    Py_INCREF(l.mm_type);
+    l.ready = 1;
+    visit_layout = l;
+    Py_RETURN_NONE;
+}
+
+/* What a scan_ptes call with first_visit on carries from page to page. */
+typedef struct {
+    PyObject *ksm, *mm_slot, *work, *mm, *calc;
+    PyObject *merge;            /* ksm._visit_merge: None, or what the merge step needs */
+    PyObject *root;             /* the stable tree (an RbRoot), when merge is set */
+    PyObject *unstable;         /* the unstable tree (an RbRoot) while its shortcut holds */
+    long seq_flags;             /* what an item inserted into it gets in its address */
+    long seqnr;                 /* ksm_scan.seqnr */
+    PyObject *memo_data, *memo_csum;    /* the last contents checksummed, and the sum */
+    int checksum_first;         /* ksm._checksum_first */
+    int content, ready;
+    long allow, allocated, scanned;
+} visit_ctx;
+
+static PyObject *speedups_stable_find(PyObject *, PyObject *const *, Py_ssize_t);
+static PyObject *speedups_merge_fused(PyObject *, PyObject *const *, Py_ssize_t);
+static PyObject *speedups_free_scanned(PyObject *, PyObject *const *, Py_ssize_t);
+static PyObject *speedups_unstable_skip(PyObject *, PyObject *const *, Py_ssize_t);
+static PyObject *speedups_rb_insert_color(PyObject *, PyObject *const *, Py_ssize_t);
+
+/* Look up, once a call needs them, the objects the shortcut works with: 0, or -1 on error. */
+static int
+visit_ctx_ready(visit_ctx *ctx)
+{
+    PyObject *content;
+    if (ctx->ready)
+        return 0;
+    ctx->work = PyObject_GetAttr(ctx->ksm, visit_layout.s_work);
+    ctx->mm = PyObject_GetAttr(ctx->mm_slot, visit_layout.s_mm);
+    ctx->calc = PyObject_GetAttr(ctx->ksm, visit_layout.s_calc);
+    content = PyObject_GetAttr(ctx->ksm, visit_layout.s_content);
+    if (ctx->work == NULL || ctx->mm == NULL || ctx->calc == NULL || content == NULL) {
+        Py_XDECREF(content);
+        return -1;
+    }
+    ctx->content = PyObject_IsTrue(content);
+    Py_DECREF(content);
+    if (ctx->content < 0)
+        return -1;
+    {
+        PyObject *scan = PyObject_GetAttr(ctx->ksm, visit_layout.s_ksm_scan);
+        PyObject *seqnr = scan ? PyObject_GetAttr(scan, visit_layout.s_seqnr) : NULL;
+        Py_XDECREF(scan);
+        if (seqnr == NULL)
+            return -1;
+        ctx->seqnr = PyLong_AsLong(seqnr);
+        Py_DECREF(seqnr);
+        if (ctx->seqnr == -1 && PyErr_Occurred())
+            return -1;
+    }
+    {
+        PyObject *cf = PyObject_GetAttr(ctx->ksm, visit_layout.s_checksum_first);
+        if (cf == NULL)
+            return -1;
+        ctx->checksum_first = PyObject_IsTrue(cf);
+        Py_DECREF(cf);
+        if (ctx->checksum_first < 0)
+            return -1;
+    }
+    ctx->merge = PyObject_GetAttr(ctx->ksm, visit_layout.s_merge);
+    if (ctx->merge == NULL)
+        return -1;
+    if (ctx->merge != Py_None) {
+        PyObject *tree;
+        if (!PyTuple_Check(ctx->merge) || PyTuple_GET_SIZE(ctx->merge) != 9) {
+            PyErr_SetString(PyExc_TypeError, "scan_ptes: ksm._visit_merge is not a 9-tuple");
+            return -1;
+        }
+        /* The stable tree (an RbRoot): its root node is read at each page, as a call back
+         * into the exact path (get_next_rmap_item(), smart scan's skip) may change it. */
+        tree = PyObject_GetAttr(ctx->ksm, visit_layout.s_root);
+        if (tree == NULL)
+            return -1;
+        if (!rb_layout.ready || !PyObject_TypeCheck(tree, rb_layout.root_type)) {
+            Py_DECREF(tree);
+            PyErr_SetString(PyExc_TypeError, "scan_ptes: root_stable_tree");
+            return -1;
+        }
+        ctx->root = tree;
+        if (PyObject_IsTrue(PyTuple_GET_ITEM(ctx->merge, 8)) == 1) {
+            /* unstable_skip holds while no pte changed what it maps since the tree was
+             * emptied: the zone's map_generation still the one recorded then. */
+            PyObject *gen = PyObject_GetAttr(PyTuple_GET_ITEM(ctx->merge, 6),
+                                             visit_layout.s_map_generation);
+            PyObject *mine = gen ? PyObject_GetAttr(ctx->ksm, visit_layout.s_unstable_gen) : NULL;
+            int same = mine ? PyObject_RichCompareBool(gen, mine, Py_EQ) : -1;
+            long seq = ctx->seqnr;
+            Py_XDECREF(gen);
+            Py_XDECREF(mine);
+            if (same < 0)
+                return -1;
+            if (same) {
+                ctx->unstable = PyObject_GetAttr(ctx->ksm, visit_layout.s_unstable_root);
+                if (ctx->unstable == NULL)
+                    return -1;
+                if (!rb_layout.ready || !PyObject_TypeCheck(ctx->unstable, rb_layout.root_type)) {
+                    PyErr_SetString(PyExc_TypeError, "scan_ptes: root_unstable_tree");
+                    return -1;
+                }
+                ctx->seq_flags = visit_layout.unstable_flag | (seq & visit_layout.seqnr_mask);
+            }
+        }
+    }
+    if (!PyObject_TypeCheck(ctx->work, visit_layout.work_type) ||
+        !PyObject_TypeCheck(ctx->mm, visit_layout.mm_type)) {
+        PyErr_SetString(PyExc_TypeError, "scan_ptes: ksm.work or mm_slot.mm of the wrong type");
+        return -1;
+    }
+    ctx->ready = 1;
+    return 0;
+}
+
+/* Add delta to an int attribute of an ordinary object. */
+static int
+visit_attr_add(PyObject *obj, PyObject *name, long delta)
+{
+    PyObject *v, *w;
+    long x;
+    int r;
+    if (delta == 0)
+        return 0;
+    v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    x = PyLong_AsLong(v);
+    Py_DECREF(v);
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    w = PyLong_FromLong(x + delta);
+    if (w == NULL)
+        return -1;
+    r = PyObject_SetAttr(obj, name, w);
+    Py_DECREF(w);
+    return r;
+}
+
+/* Add delta to an int slot. */
+static inline int
+visit_slot_add(PyObject *obj, Py_ssize_t off, long delta)
+{
+    int err = 0;
+    long x = scan_long(obj, off, &err);
+    if (err)
+        return -1;
+    return scan_set_long(obj, off, x + delta);
+}
+
+/* Store a link's rmap_list slot (a slot or an item). */
+static inline void
+link_set_next(PyObject *link, PyObject *v)
+{
+    if (PyObject_TypeCheck(link, scan_layout.item_type))
+        scan_set(link, scan_layout.it_rmap_list, v);
+    else
+        scan_set(link, scan_layout.sl_rmap_list, v);
+}
+
+/* alloc_rmap_item() and the linking get_next_rmap_item() does after it: a new item for
+ * address after link, counted (ksm's own count is added when the call returns).  A new
+ * reference, or NULL with an error set. */
+static PyObject *
+visit_alloc_item(visit_ctx *ctx, PyObject *link, PyObject *next, unsigned long long address)
+{
+    PyTypeObject *t = scan_layout.item_type;
+    PyObject *o, *addr, *zero;
+    if (visit_ctx_ready(ctx) < 0)
+        return NULL;
+    addr = PyLong_FromUnsignedLongLong(address);
+    if (addr == NULL)
+        return NULL;
+    o = t->tp_alloc(t, 0);
+    if (o == NULL) {
+        Py_DECREF(addr);
+        return NULL;
+    }
+    zero = PyLong_FromLong(0);
+    /* RmapItem.__init__(), slot by slot. */
+    scan_set(o, visit_layout.it_parent, Py_None);
+    scan_set(o, visit_layout.it_left, Py_None);
+    scan_set(o, visit_layout.it_right, Py_None);
+    scan_set(o, visit_layout.it_red, Py_False);
+    scan_set(o, visit_layout.it_mm, ctx->mm);
+    scan_set(o, scan_layout.it_address, addr);
+    scan_set(o, visit_layout.it_oldcsum, zero);
+    scan_set(o, scan_layout.it_rmap_list, Py_None);
+    scan_set(o, visit_layout.it_anon_vma, Py_None);
+    scan_set(o, visit_layout.it_head, Py_None);
+    scan_set(o, visit_layout.it_hnext, Py_None);
+    scan_set(o, visit_layout.it_hprev, Py_None);
+    scan_set(o, scan_layout.it_age, zero);
+    scan_set(o, scan_layout.it_skips, zero);
+    scan_set(o, visit_layout.it_tree_page, Py_None);
+    Py_DECREF(zero);
+    Py_DECREF(addr);
+    if (visit_slot_add(ctx->mm, visit_layout.mm_rmap_items, 1) < 0 ||
+        visit_slot_add(ctx->work, visit_layout.wk_items, 1) < 0) {
+        Py_DECREF(o);
+        return NULL;
+    }
+    ctx->allocated++;
+    scan_set(o, scan_layout.it_rmap_list, next);
+    link_set_next(link, o);
+    return o;
+}
+
+/* The rest of a ksm_do_scan() step for a page found with its item, when cmp_and_merge_page()
+ * would only note a changed checksum: 1 when done (the page's reference dropped), 0 when the
+ * exact path must go on (the checksum, if computed, left in the frame's cache, where
+ * cmp_and_merge_page() finds it), 2 as 0 when the checksum is unchanged (the page is not KSM,
+ * its item in no tree: visit_merge() may take it), -1 on error. */
+static int
+visit_page(visit_ctx *ctx, PyObject *item, PyObject *page_obj)
+{
+    PageBaseObject *page = (PageBaseObject *)page_obj;
+    PyObject *data, *csum, *old;
+    long flags, count, address;
+    int err = 0, eq;
+    flags = pb_long(page->mapping_flags, &err);
+    count = err ? 0 : pb_long(page->count, &err);
+    address = err ? 0 : scan_long(item, scan_layout.it_address, &err);
+    if (err)
+        return -1;
+    if (count <= 1)
+        return 0;
+    if (flags == visit_layout.ksm_flags) {
+        /* A KSM page: ksm_do_scan() leaves it alone when it is on its item's node (6.11+:
+         * cmp_and_merge_page() would return at once), or its item is stable (before). */
+        int skip;
+        if (visit_ctx_ready(ctx) < 0)
+            return -1;
+        if (ctx->checksum_first)
+            skip = page->mapping != Py_None &&
+                   *(PyObject **)((char *)item + visit_layout.it_head) == page->mapping;
+        else
+            skip = (address & visit_layout.stable_flag) != 0;
+        if (!skip)
+            return 0;
+        if (visit_slot_add(ctx->work, visit_layout.wk_scanned, 1) < 0 ||
+            pb_set(&page->count, count - 1) < 0)
+            return -1;
+        ctx->scanned++;
+        return 1;
+    }
+    data = page->data;
+    if (data == NULL || data == Py_None)
+        return 0;
+    if (visit_ctx_ready(ctx) < 0)
+        return -1;
+    if (address & scan_layout.tree_flags) {
+        /* remove_rmap_item_from_tree(), cmp_and_merge_page()'s first step for this page,
+         * for an item the unstable tree held in the last pass (emptied since): uncount it
+         * and clear its flags.  A stable item, or one of this pass: the exact path. */
+        if ((address & visit_layout.stable_flag) || !(address & visit_layout.unstable_flag) ||
+            ((ctx->seqnr - address) & visit_layout.seqnr_mask) != 1)
+            return 0;
+        if (visit_attr_add(ctx->ksm, visit_layout.s_unshared, -1) < 0 ||
+            scan_set_long(item, scan_layout.it_address,
+                          (long)((unsigned long long)address & scan_layout.page_mask)) < 0)
+            return -1;
+        scan_set(item, visit_layout.it_tree_page, Py_None);
+    }
+    /* calc_checksum(), with the frame's cache and content_checksum. */
+    if (page->csum_of == data && page->csum != NULL) {
+        csum = page->csum;
+        Py_INCREF(csum);
+    } else {
+        if (visit_slot_add(ctx->work, visit_layout.wk_checksums, 1) < 0)
+            return -1;
+        if (ctx->content && Py_IS_TYPE(data, &PageText_Type)) {
+            csum = pagetext_checksum((PageTextObject *)data, ctx->calc);
+        } else if (data == ctx->memo_data) {
+            /* The same immutable contents object as the last page's: the same checksum
+             * (calc is a function of the contents), counted all the same. */
+            csum = ctx->memo_csum;
+            Py_INCREF(csum);
+        } else {
+            csum = PyObject_CallOneArg(ctx->calc, data);
+            if (csum != NULL && (PyBytes_CheckExact(data) || Py_IS_TYPE(data, &PageText_Type))) {
+                Py_INCREF(data);
+                Py_XSETREF(ctx->memo_data, data);
+                Py_INCREF(csum);
+                Py_XSETREF(ctx->memo_csum, csum);
+            }
+        }
+        if (csum == NULL)
+            return -1;
+        Py_INCREF(csum);
+        Py_XSETREF(page->csum, csum);
+        Py_INCREF(data);
+        Py_XSETREF(page->csum_of, data);
+    }
+    old = *(PyObject **)((char *)item + visit_layout.it_oldcsum);
+    if (old == NULL) {
+        Py_DECREF(csum);
+        PyErr_SetString(PyExc_AttributeError, "scan_ptes: unset oldchecksum");
+        return -1;
+    }
+    eq = PyObject_RichCompareBool(old, csum, Py_EQ);
+    if (eq != 0) {
+        Py_DECREF(csum);
+        return eq < 0 ? -1 : 2;
+    }
+    scan_set(item, visit_layout.it_oldcsum, csum);
+    Py_DECREF(csum);
+    /* ksm_do_scan(): the page counted as scanned and its reference dropped. */
+    if (visit_slot_add(ctx->work, visit_layout.wk_scanned, 1) < 0 ||
+        pb_set(&page->count, count - 1) < 0)
+        return -1;
+    ctx->scanned++;
+    return 1;
+}
+
+/* The rest of a ksm_do_scan() step for a page whose checksum is unchanged and that the
+ * stable tree search did not find (after n compares), when unstable_tree_search_insert()
+ * inserts it (its unstable_skip walk meets no equal page and ends at a leaf): the item is
+ * linked in with its flags and recorded page, coloured, counted, and the page's reference
+ * dropped (not the last: the page is mapped).  Nothing changes when the walk meets an equal
+ * page or a node with no recorded page (the exact path runs).  1 when done, 0 if not, -1 on
+ * error. */
+static int
+visit_insert(visit_ctx *ctx, PyObject *item, PyObject *page_obj, Py_ssize_t n)
+{
+    PageBaseObject *page = (PageBaseObject *)page_obj;
+    PyObject *t, *node, *parent, *a[2], *r;
+    Py_ssize_t n2;
+    long address, count;
+    int left, err = 0;
+    if (ctx->unstable == NULL)
+        return 0;
+    {
+        /* The unstable_skip shortcut's condition, again: a call back into the exact path
+         * during this call could have moved map_generation. */
+        PyObject *gen = PyObject_GetAttr(PyTuple_GET_ITEM(ctx->merge, 6),
+                                         visit_layout.s_map_generation);
+        PyObject *mine = gen ? PyObject_GetAttr(ctx->ksm, visit_layout.s_unstable_gen) : NULL;
+        int same = mine ? PyObject_RichCompareBool(gen, mine, Py_EQ) : -1;
+        Py_XDECREF(gen);
+        Py_XDECREF(mine);
+        if (same <= 0)
+            return same;
+    }
+    a[0] = rb_get(ctx->unstable, rb_layout.root_node);
+    a[1] = page->data;
+    t = speedups_unstable_skip(NULL, a, 2);
+    if (t == NULL)
+        return -1;
+    node = PyTuple_GET_ITEM(t, 0);
+    if (node != Py_None) {
+        Py_DECREF(t);
+        return 0;
+    }
+    parent = PyTuple_GET_ITEM(t, 1);
+    left = PyTuple_GET_ITEM(t, 2) == Py_True;
+    n2 = PyLong_AsSsize_t(PyTuple_GET_ITEM(t, 3));
+    address = scan_long(item, scan_layout.it_address, &err);
+    count = err ? 0 : pb_long(page->count, &err);
+    if (err || (n2 == -1 && PyErr_Occurred())) {
+        Py_DECREF(t);
+        return -1;
+    }
+    if (visit_slot_add(ctx->work, visit_layout.wk_memcmps, (long)(n + n2)) < 0 ||
+        scan_set_long(item, scan_layout.it_address, address | ctx->seq_flags) < 0) {
+        Py_DECREF(t);
+        return -1;
+    }
+    scan_set(item, visit_layout.it_tree_page, page_obj);
+    /* rb_link_node() */
+    rb_set(item, rb_layout.parent, parent);
+    rb_set(item, rb_layout.left, Py_None);
+    rb_set(item, rb_layout.right, Py_None);
+    rb_set(item, rb_layout.red, Py_True);
+    if (parent == Py_None)
+        rb_set(ctx->unstable, rb_layout.root_node, item);
+    else
+        rb_set(parent, left ? rb_layout.left : rb_layout.right, item);
+    Py_DECREF(t);
+    a[0] = item;
+    a[1] = ctx->unstable;
+    r = speedups_rb_insert_color(NULL, a, 2);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    if (visit_attr_add(ctx->ksm, visit_layout.s_unshared, 1) < 0)
+        return -1;
+    /* ksm_do_scan(): the page counted as scanned and the scan's reference dropped. */
+    if (visit_slot_add(ctx->work, visit_layout.wk_scanned, 1) < 0 ||
+        pb_set(&page->count, count - 1) < 0)
+        return -1;
+    ctx->scanned++;
+    return 1;
+}
+
+/* The rest of a ksm_do_scan() step for a page whose checksum is unchanged (visit_page()
+ * gave 2), with the checksum tested first (6.11+), when it merges into the KSM page the
+ * stable tree search takes at once (stable_find()) through the fused merge (merge_fused()):
+ * cmp_and_merge_page()'s other steps change nothing then (no zero page is tried, the item is
+ * in no tree).  The compares of the walk are counted and the search's reference taken only
+ * when the merge is made; otherwise nothing has changed and the exact path runs.  Then the
+ * page's reference is dropped as ksm_do_scan() drops it.  1 when done, 0 if not, -1 on error.
+ * ksm._visit_merge is (chains, pinned, max_page_sharing, prune floor, zero checksum or None,
+ * free_scanned's arguments after the page or (), the zone, free_scanned or None, whether
+ * the unstable_skip shortcut is on).  A page the search does not find may go on to
+ * visit_insert(). */
+static int
+visit_merge(visit_ctx *ctx, PyObject *item, PyObject *page_obj)
+{
+    PageBaseObject *page = (PageBaseObject *)page_obj;
+    PyObject *m = ctx->merge, *t, *hit, *r, *zero, *fargs[6], *margs[4];
+    PyObject *free_args, *free_fn;
+    Py_ssize_t n;
+    long count;
+    int err = 0;
+    if (m == NULL || m == Py_None || ctx->root == NULL)
+        return 0;
+    zero = PyTuple_GET_ITEM(m, 4);
+    if (zero != Py_None) {
+        /* try_to_merge_with_zero_page() would try the zero page for this checksum. */
+        PyObject *old = *(PyObject **)((char *)item + visit_layout.it_oldcsum);
+        int eq = PyObject_RichCompareBool(old, zero, Py_EQ);
+        if (eq != 0)
+            return eq < 0 ? -1 : 0;
+    }
+    fargs[0] = rb_get(ctx->root, rb_layout.root_node);
+    if (fargs[0] == Py_None)
+        /* An empty stable tree: the search returns at once. */
+        return visit_insert(ctx, item, page_obj, 0);
+    fargs[1] = page->data;
+    fargs[2] = PyTuple_GET_ITEM(m, 1);
+    fargs[3] = PyTuple_GET_ITEM(m, 0);
+    fargs[4] = PyTuple_GET_ITEM(m, 2);
+    fargs[5] = PyTuple_GET_ITEM(m, 3);
+    t = speedups_stable_find(NULL, fargs, 6);
+    if (t == NULL)
+        return -1;
+    hit = PyTuple_GET_ITEM(t, 0);
+    if (hit == Py_None) {
+        int r2 = 0;
+        if (PyTuple_GET_ITEM(t, 1) == Py_None) {
+            /* The search found nothing: unstable_tree_search_insert() comes next. */
+            n = PyLong_AsSsize_t(PyTuple_GET_ITEM(t, 2));
+            r2 = (n == -1 && PyErr_Occurred()) ? -1 : visit_insert(ctx, item, page_obj, n);
+        }
+        Py_DECREF(t);
+        return r2;
+    }
+    n = PyLong_AsSsize_t(PyTuple_GET_ITEM(t, 2));
+    Py_INCREF(hit);
+    Py_DECREF(t);
+    if (n == -1 && PyErr_Occurred())
+        goto error;
+    margs[0] = ctx->ksm;
+    margs[1] = item;
+    margs[2] = page_obj;
+    margs[3] = hit;
+    r = speedups_merge_fused(NULL, margs, 4);
+    if (r == NULL)
+        goto error;
+    Py_DECREF(r);
+    if (r == Py_False) {
+        /* No merge: give the search's reference back; the exact path searches again. */
+        count = pb_long(((PageBaseObject *)hit)->count, &err);
+        if (err || pb_set(&((PageBaseObject *)hit)->count, count - 1) < 0)
+            goto error;
+        Py_DECREF(hit);
+        return 0;
+    }
+    Py_DECREF(hit);
+    if (visit_slot_add(ctx->work, visit_layout.wk_memcmps, (long)n) < 0 ||
+        visit_slot_add(ctx->work, visit_layout.wk_scanned, 1) < 0)
+        return -1;
+    /* ksm_do_scan(): drop the scan's reference, freeing the page if it was the last. */
+    count = pb_long(page->count, &err);
+    if (err)
+        return -1;
+    if (count > 1) {
+        if (pb_set(&page->count, count - 1) < 0)
+            return -1;
+    } else {
+        free_args = PyTuple_GET_ITEM(m, 5);
+        free_fn = PyTuple_GET_ITEM(m, 7);
+        r = NULL;
+        if (free_fn != Py_None && PyTuple_GET_SIZE(free_args) == 9) {
+            PyObject *a[10];
+            Py_ssize_t i;
+            a[0] = page_obj;
+            for (i = 0; i < 9; i++)
+                a[i + 1] = PyTuple_GET_ITEM(free_args, i);
+            r = PyObject_Vectorcall(free_fn, a, 10, NULL);
+            if (r == NULL)
+                return -1;
+        }
+        if (r != Py_True) {
+            PyObject *put;
+            Py_XDECREF(r);
+            put = PyObject_CallMethodOneArg(PyTuple_GET_ITEM(m, 6), visit_layout.s_put_page,
+                                            page_obj);
+            if (put == NULL)
+                return -1;
+            Py_DECREF(put);
+        } else {
+            Py_DECREF(r);
+        }
+    }
+    ctx->scanned++;
+    return 1;
+error:
+    Py_DECREF(hit);
+    return -1;
+}
+
+/* Add the counts kept during a call to ksm's attributes. */
+static int
+visit_flush(visit_ctx *ctx)
+{
+    if (visit_attr_add(ctx->ksm, visit_layout.s_rmap_items, ctx->allocated) < 0 ||
+        visit_attr_add(ctx->ksm, visit_layout.s_pages_scanned, ctx->scanned) < 0)
+        return -1;
+    ctx->allocated = ctx->scanned = 0;
+    return 0;
+}
+
+PyDoc_STRVAR(scan_ptes_doc,
+"scan_ptes(ksm, mm_slot, table, idx, address, stop, smart, allow=-1, /)\n"
+"--\n"
+"\n"
+"The pte loop of Ksm._scan_mm over one pte table, as Ksm._scan_ptes; with\n"
+"allow >= 0, the first_visit shortcut too (up to allow pages consumed).");
 
 static PyObject *
 speedups_scan_ptes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -2167,14 +2969,38 @@ speedups_scan_ptes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     unsigned long long address, stop, pte;
     long visited = 0, flags, count, item_addr;
     int smart, err = 0, have_view = 0, skip;
+    visit_ctx ctx;
     (void)module;
+    ctx.allow = -1;
+    ctx.ready = 0;
+    ctx.merge = ctx.root = ctx.unstable = NULL;
+    ctx.memo_data = ctx.memo_csum = NULL;
+    ctx.seq_flags = 0;
+    ctx.work = ctx.mm = ctx.calc = NULL;
+    ctx.allocated = ctx.scanned = 0;
     if (!scan_layout.ready) {
         PyErr_SetString(PyExc_RuntimeError, "scan_ptes() before scan_setup()");
         return NULL;
     }
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "scan_ptes() takes exactly 7 arguments");
+    if (nargs != 7 && nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "scan_ptes() takes 7 or 8 arguments");
         return NULL;
+    }
+    ctx.ksm = args[0];
+    ctx.mm_slot = args[1];
+    ctx.merge = ctx.root = ctx.unstable = NULL;
+    ctx.memo_data = ctx.memo_csum = NULL;
+    ctx.seq_flags = 0;
+    ctx.work = ctx.mm = ctx.calc = NULL;
+    ctx.content = ctx.ready = 0;
+    ctx.allow = -1;
+    ctx.allocated = ctx.scanned = 0;
+    if (nargs == 8) {
+        ctx.allow = PyLong_AsLong(args[7]);
+        if (ctx.allow == -1 && PyErr_Occurred())
+            return NULL;
+        if (!visit_layout.ready || !PyType_IsSubtype(scan_layout.page_type, &PageBase_Type))
+            ctx.allow = -1;
     }
     ksm = args[0];
     mm_slot = args[1];
@@ -2252,7 +3078,19 @@ speedups_scan_ptes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                         goto done;
                     }
                 }
-                if (item == Py_None ||
+                if (ctx.allow >= 0 &&
+                    (item == Py_None ||
+                     (((unsigned long long)item_addr & scan_layout.page_mask) != address &&
+                      (unsigned long long)item_addr > address))) {
+                    /* Shortcut first_visit: get_next_rmap_item() would prune nothing and
+                     * allocate a new item here. */
+                    item = visit_alloc_item(&ctx, link, item, address);
+                    if (item == NULL) {
+                        Py_DECREF(link);
+                        Py_DECREF(page);
+                        goto done;
+                    }
+                } else if (item == Py_None ||
                     ((unsigned long long)item_addr & scan_layout.page_mask) != address) {
                     addr_obj = PyLong_FromUnsignedLongLong(address);
                     if (addr_obj == NULL) {
@@ -2318,6 +3156,28 @@ speedups_scan_ptes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                     Py_DECREF(page);
                     continue;
                 }
+                if (ctx.allow > 0) {
+                    /* Shortcut first_visit: the page's whole ksm_do_scan() step. */
+                    int r = visit_page(&ctx, item, page);
+                    if (r == 2)
+                        r = visit_merge(&ctx, item, page);
+                    if (r < 0) {
+                        Py_DECREF(item);
+                        Py_DECREF(page);
+                        goto done;
+                    }
+                    if (r) {
+                        ctx.allow--;
+                        Py_DECREF(item);
+                        Py_DECREF(page);
+                        continue;
+                    }
+                }
+                if (ctx.allow >= 0 && visit_flush(&ctx) < 0) {
+                    Py_DECREF(item);
+                    Py_DECREF(page);
+                    goto done;
+                }
                 result = Py_BuildValue("(KnlNN)", address, idx, visited, item, page);
                 goto done;
             }
@@ -2325,13 +3185,642 @@ speedups_scan_ptes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         address += 1ULL << scan_layout.page_shift;
         idx++;
     }
+    if (ctx.allow >= 0 && visit_flush(&ctx) < 0)
+        goto done;
     result = Py_BuildValue("(KnlOO)", address, idx, visited, Py_None, Py_None);
 done:
+    if (result == NULL && ctx.allow >= 0 && (ctx.allocated || ctx.scanned)) {
+        /* Keep the counts true even on the way out with an error. */
+        PyObject *exc_type, *exc_value, *exc_tb;
+        PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+        if (visit_flush(&ctx) < 0)
+            PyErr_Clear();
+        PyErr_Restore(exc_type, exc_value, exc_tb);
+    }
+    Py_XDECREF(ctx.work);
+    Py_XDECREF(ctx.mm);
+    Py_XDECREF(ctx.calc);
+    Py_XDECREF(ctx.merge);
+    Py_XDECREF(ctx.root);
+    Py_XDECREF(ctx.unstable);
+    Py_XDECREF(ctx.memo_data);
+    Py_XDECREF(ctx.memo_csum);
     if (have_view)
         PyBuffer_Release(&view);
     Py_XDECREF(scan);
     Py_XDECREF(mem_map);
     return result;
+}
+
+/* ---------------------------------------------------------------------------
+ * merge_fused(ksm, rmap_item, page, kpage): Ksm.merge_with_ksm_page_fused() in
+ * ksm.py (shortcut fused_merge), the same tests in the same order and the
+ * same changes.  Returns True when it merged, False (having changed nothing)
+ * when a condition does not hold.  Frames are PageBase objects.
+ * ------------------------------------------------------------------------- */
+
+typedef struct {
+    int ready;
+    PyTypeObject *item_type, *mm_type, *vma_type, *anon_type, *stable_type, *work_type;
+    Py_ssize_t it_mm, it_address, it_anon_vma, it_head, it_hnext, it_hprev;
+    Py_ssize_t mm_users, mm_cache, mm_pgd, mm_merging;
+    Py_ssize_t vm_start, vm_end, vm_flags, vm_pgoff, vm_anon_vma;
+    Py_ssize_t av_refcount, sn_hlist, sn_hlist_len, wk_memcmps, wk_merges;
+    long tree_flags, stable_flag;
+    unsigned long long vm_mergeable, vm_locked;
+    long mapping_anon, mapping_ksm, pg_locked, pg_dirty, pg_swapcache, pg_referenced;
+    unsigned long long present_mask, present, pte_rw, pte_dirty, pte_accessed;
+    long ptrs_per_pte, page_shift;
+    PyObject *s_work, *s_machine, *s_wp_dirty, *s_sharing, *s_shared, *s_nr_anon;
+    PyObject *s_fmv, *s_remove;
+} merge_layout_t;
+
+static merge_layout_t merge_layout;
+
+PyDoc_STRVAR(merge_setup_doc,
+"merge_setup(item, mm, vma, anon_vma, stable, work, descriptors..., constants..., /)\n"
+"--\n"
+"\n"
+"Tell merge_fused the classes, slot descriptors and constants it works with.");
+
+static PyObject *
+speedups_merge_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    merge_layout_t l;
+    int i;
+    (void)module;
+    if (nargs != 43) {
+        PyErr_SetString(PyExc_TypeError, "merge_setup() takes exactly 43 arguments");
+        return NULL;
+    }
+    for (i = 0; i < 6; i++) {
+        if (!PyType_Check(args[i])) {
+            PyErr_SetString(PyExc_TypeError, "merge_setup: the first six arguments are classes");
+            return NULL;
+        }
+    }
+    l.item_type = (PyTypeObject *)args[0];
+    l.mm_type = (PyTypeObject *)args[1];
+    l.vma_type = (PyTypeObject *)args[2];
+    l.anon_type = (PyTypeObject *)args[3];
+    l.stable_type = (PyTypeObject *)args[4];
+    l.work_type = (PyTypeObject *)args[5];
+    if ((l.it_mm = slot_offset(args[6], l.item_type)) < 0 ||
+        (l.it_address = slot_offset(args[7], l.item_type)) < 0 ||
+        (l.it_anon_vma = slot_offset(args[8], l.item_type)) < 0 ||
+        (l.it_head = slot_offset(args[9], l.item_type)) < 0 ||
+        (l.it_hnext = slot_offset(args[10], l.item_type)) < 0 ||
+        (l.it_hprev = slot_offset(args[11], l.item_type)) < 0 ||
+        (l.mm_users = slot_offset(args[12], l.mm_type)) < 0 ||
+        (l.mm_cache = slot_offset(args[13], l.mm_type)) < 0 ||
+        (l.mm_pgd = slot_offset(args[14], l.mm_type)) < 0 ||
+        (l.mm_merging = slot_offset(args[15], l.mm_type)) < 0 ||
+        (l.vm_start = slot_offset(args[16], l.vma_type)) < 0 ||
+        (l.vm_end = slot_offset(args[17], l.vma_type)) < 0 ||
+        (l.vm_flags = slot_offset(args[18], l.vma_type)) < 0 ||
+        (l.vm_pgoff = slot_offset(args[19], l.vma_type)) < 0 ||
+        (l.vm_anon_vma = slot_offset(args[20], l.vma_type)) < 0 ||
+        (l.av_refcount = slot_offset(args[21], l.anon_type)) < 0 ||
+        (l.sn_hlist = slot_offset(args[22], l.stable_type)) < 0 ||
+        (l.sn_hlist_len = slot_offset(args[23], l.stable_type)) < 0 ||
+        (l.wk_memcmps = slot_offset(args[24], l.work_type)) < 0 ||
+        (l.wk_merges = slot_offset(args[25], l.work_type)) < 0)
+        return NULL;
+    l.tree_flags = PyLong_AsLong(args[26]);
+    l.stable_flag = PyLong_AsLong(args[27]);
+    l.vm_mergeable = PyLong_AsUnsignedLongLong(args[28]);
+    l.vm_locked = PyLong_AsUnsignedLongLong(args[29]);
+    l.mapping_anon = PyLong_AsLong(args[30]);
+    l.mapping_ksm = PyLong_AsLong(args[31]);
+    l.pg_locked = PyLong_AsLong(args[32]);
+    l.pg_dirty = PyLong_AsLong(args[33]);
+    l.pg_swapcache = PyLong_AsLong(args[34]);
+    l.present_mask = PyLong_AsUnsignedLongLong(args[35]);
+    l.present = PyLong_AsUnsignedLongLong(args[36]);
+    l.pte_rw = PyLong_AsUnsignedLongLong(args[37]);
+    l.pte_dirty = PyLong_AsUnsignedLongLong(args[38]);
+    l.pte_accessed = PyLong_AsUnsignedLongLong(args[39]);
+    l.ptrs_per_pte = PyLong_AsLong(args[40]);
+    l.page_shift = PyLong_AsLong(args[41]);
+    l.pg_referenced = PyLong_AsLong(args[42]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!(l.s_work = PyUnicode_InternFromString("work")) ||
+        !(l.s_machine = PyUnicode_InternFromString("machine")) ||
+        !(l.s_wp_dirty = PyUnicode_InternFromString("_wp_dirty")) ||
+        !(l.s_sharing = PyUnicode_InternFromString("ksm_pages_sharing")) ||
+        !(l.s_shared = PyUnicode_InternFromString("ksm_pages_shared")) ||
+        !(l.s_nr_anon = PyUnicode_InternFromString("nr_anon_pages")) ||
+        !(l.s_fmv = PyUnicode_InternFromString("_find_mergeable_vma")) ||
+        !(l.s_remove = PyUnicode_InternFromString("remove_rmap_item_from_tree")))
+        return NULL;
+    for (i = 0; i < 6; i++)
+        Py_INCREF(args[i]);
+    l.ready = 1;
+    merge_layout = l;
+    Py_RETURN_NONE;
+}
+
+#define MSLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
+
+/* An int field of a PageBase as a long (-1 with an error set: check *err). */
+static inline long
+pb_long(PyObject *v, int *err)
+{
+    long x;
+    if (v == NULL || !PyLong_Check(v)) {
+        PyErr_SetString(PyExc_TypeError, "merge_fused: a page field holds no int");
+        *err = 1;
+        return -1;
+    }
+    x = PyLong_AsLong(v);
+    if (x == -1 && PyErr_Occurred())
+        *err = 1;
+    return x;
+}
+
+/* Store a long in a PageBase field. */
+static inline int
+pb_set(PyObject **field, long x)
+{
+    PyObject *v = PyLong_FromLong(x), *old;
+    if (v == NULL)
+        return -1;
+    old = *field;
+    *field = v;
+    Py_XDECREF(old);
+    return 0;
+}
+
+/* Add delta to an int attribute of an ordinary object (ksm's counters, machine's). */
+static int
+attr_add(PyObject *obj, PyObject *name, long delta)
+{
+    PyObject *v = PyObject_GetAttr(obj, name), *w;
+    long x;
+    int r;
+    if (v == NULL)
+        return -1;
+    x = PyLong_AsLong(v);
+    Py_DECREF(v);
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    w = PyLong_FromLong(x + delta);
+    if (w == NULL)
+        return -1;
+    r = PyObject_SetAttr(obj, name, w);
+    Py_DECREF(w);
+    return r;
+}
+
+/* Add delta to an int slot. */
+static inline int
+slot_add(PyObject *obj, Py_ssize_t off, long delta)
+{
+    int err = 0;
+    long x = scan_long(obj, off, &err);
+    if (err)
+        return -1;
+    return scan_set_long(obj, off, x + delta);
+}
+
+PyDoc_STRVAR(merge_fused_doc,
+"merge_fused(ksm, rmap_item, page, kpage, /)\n"
+"--\n"
+"\n"
+"Ksm.merge_with_ksm_page_fused(): merge page into kpage in one step when the\n"
+"common case's conditions hold (True), else change nothing (False).");
+
+/* The fused merge: with stable_step, Ksm.merge_with_ksm_page_fused(); without,
+ * Ksm.try_to_merge_with_ksm_page_fused() (kpage NULL: the page upgraded in place). */
+static PyObject *
+merge_core(PyObject *ksm, PyObject *item, PageBaseObject *page, PageBaseObject *kpage,
+           int stable_step)
+{
+    PyObject *mm, *vma, *anon_vma, *node = NULL, *pgd, *key, *table, *work = NULL;
+    PyObject *wp = NULL, *first;
+    Py_buffer view;
+    long address, addr, vm_start, vm_end, vm_pgoff, users, pflags, kflags, count, mapcount;
+    long kmapcount, swapped;
+    unsigned long long vm_flags, pte, newpte;
+    Py_ssize_t idx;
+    int err = 0, dirty, six, c, ok = 0;
+    mm = MSLOT(item, merge_layout.it_mm);
+    if (mm == NULL || !PyObject_TypeCheck(mm, merge_layout.mm_type)) {
+        PyErr_SetString(PyExc_TypeError, "merge_fused: rmap_item.mm is not an mm");
+        return NULL;
+    }
+    address = scan_long(item, merge_layout.it_address, &err);
+    users = err ? 0 : scan_long(mm, merge_layout.mm_users, &err);
+    if (err)
+        return NULL;
+    if ((stable_step && (address & merge_layout.tree_flags)) || users == 0)
+        Py_RETURN_FALSE;
+    addr = address & ~((1L << merge_layout.page_shift) - 1);
+    vma = MSLOT(mm, merge_layout.mm_cache);
+    if (vma == NULL || vma == Py_None)
+        Py_RETURN_FALSE;
+    if (!PyObject_TypeCheck(vma, merge_layout.vma_type)) {
+        PyErr_SetString(PyExc_TypeError, "merge_fused: mmap_cache is not an area");
+        return NULL;
+    }
+    vm_start = scan_long(vma, merge_layout.vm_start, &err);
+    vm_end = err ? 0 : scan_long(vma, merge_layout.vm_end, &err);
+    if (err)
+        return NULL;
+    if (!(vm_start <= addr && addr < vm_end))
+        Py_RETURN_FALSE;
+    {
+        PyObject *f = MSLOT(vma, merge_layout.vm_flags);
+        if (f == NULL || !PyLong_Check(f)) {
+            PyErr_SetString(PyExc_TypeError, "merge_fused: vm_flags holds no int");
+            return NULL;
+        }
+        vm_flags = PyLong_AsUnsignedLongLong(f);
+        if (vm_flags == (unsigned long long)-1 && PyErr_Occurred())
+            return NULL;
+    }
+    anon_vma = MSLOT(vma, merge_layout.vm_anon_vma);
+    if (anon_vma == NULL)
+        return PyErr_Format(PyExc_AttributeError, "merge_fused: unset anon_vma");
+    if ((vm_flags & (merge_layout.vm_mergeable | merge_layout.vm_locked)) !=
+            merge_layout.vm_mergeable || anon_vma == Py_None)
+        Py_RETURN_FALSE;
+    if (kpage != NULL) {
+        node = kpage->mapping;
+        kflags = pb_long(kpage->flags, &err);
+        c = err ? 0 : (int)pb_long(kpage->mapping_flags, &err);
+        if (err)
+            return NULL;
+        if (page == kpage || c != merge_layout.mapping_ksm)
+            Py_RETURN_FALSE;
+        if (stable_step) {
+            if (node == NULL || node == Py_None || (kflags & merge_layout.pg_locked))
+                Py_RETURN_FALSE;
+            if (!PyObject_TypeCheck(node, merge_layout.stable_type)) {
+                PyErr_SetString(PyExc_TypeError,
+                                "merge_fused: a KSM page's mapping is no stable node");
+                return NULL;
+            }
+        }
+    }
+    c = (int)pb_long(page->mapping_flags, &err);
+    pflags = err ? 0 : pb_long(page->flags, &err);
+    count = err ? 0 : pb_long(page->count, &err);
+    vm_pgoff = err ? 0 : scan_long(vma, merge_layout.vm_pgoff, &err);
+    if (err)
+        return NULL;
+    if (c != merge_layout.mapping_anon || page->mapping != anon_vma ||
+        (pflags & merge_layout.pg_locked) || (kpage != NULL && count < 2) ||
+        vm_start + (page->index - vm_pgoff) * (1L << merge_layout.page_shift) != addr)
+        Py_RETURN_FALSE;
+    pgd = MSLOT(mm, merge_layout.mm_pgd);
+    if (pgd == NULL || !PyDict_Check(pgd)) {
+        PyErr_SetString(PyExc_TypeError, "merge_fused: mm.pgd is not a dict");
+        return NULL;
+    }
+    key = PyLong_FromLong((addr >> merge_layout.page_shift) >> 9);
+    if (key == NULL)
+        return NULL;
+    table = PyDict_GetItemWithError(pgd, key);
+    Py_DECREF(key);
+    if (table == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_FALSE;
+    }
+    if (PyObject_GetBuffer(table, &view, PyBUF_WRITABLE) < 0)
+        return NULL;
+    idx = (addr >> merge_layout.page_shift) & (merge_layout.ptrs_per_pte - 1);
+    if (view.len != merge_layout.ptrs_per_pte * 8) {
+        PyErr_SetString(PyExc_TypeError, "merge_fused: a pte table of 512 64-bit entries");
+        goto done;
+    }
+    pte = ((unsigned long long *)view.buf)[idx];
+    if ((pte & merge_layout.present_mask) != merge_layout.present ||
+        (pte >> merge_layout.page_shift) != page->pfn) {
+        ok = 0;
+        goto done_ok;
+    }
+    wp = PyObject_GetAttr(ksm, merge_layout.s_wp_dirty);
+    if (wp == NULL)
+        goto done;
+    six = PyObject_IsTrue(wp);
+    if (six < 0)
+        goto done;
+    dirty = six && (pte & merge_layout.pte_dirty);
+    if ((pte & merge_layout.pte_rw) || dirty) {
+        mapcount = pb_long(page->mapcount, &err);
+        if (err)
+            goto done;
+        swapped = (pflags & merge_layout.pg_swapcache) ? 1 : 0;
+        if (mapcount + 1 + swapped != count) {
+            ok = 0;
+            goto done_ok;
+        }
+    }
+    if (kpage != NULL) {
+        if (page->data == NULL || kpage->data == NULL || page->data == Py_None ||
+            kpage->data == Py_None) {
+            ok = 0;
+            goto done_ok;
+        }
+        c = contents_cmp(page->data, kpage->data);
+        if (c == -2)
+            goto done;
+        if (c != 0) {
+            ok = 0;
+            goto done_ok;
+        }
+    }
+    /* Every condition holds: from here on the merge is made. */
+    work = PyObject_GetAttr(ksm, merge_layout.s_work);
+    if (work == NULL)
+        goto done;
+    if (!PyObject_TypeCheck(work, merge_layout.work_type)) {
+        PyErr_SetString(PyExc_TypeError, "merge_fused: ksm.work is not a KsmWork");
+        goto done;
+    }
+    if (dirty) {
+        pflags |= merge_layout.pg_dirty;
+        if (pb_set(&page->flags, pflags) < 0)
+            goto done;
+    }
+    if (kpage == NULL) {
+        /* write_protect_page()'s pte, then the upgrade in place of try_to_merge_one_page(). */
+        if ((pte & merge_layout.pte_rw) || dirty) {
+            newpte = pte & ~merge_layout.pte_rw;
+            if (six)
+                newpte &= ~merge_layout.pte_dirty;
+            ((unsigned long long *)view.buf)[idx] = newpte;
+        }
+        Py_INCREF(Py_None);
+        Py_XSETREF(page->mapping, Py_None);
+        if (pb_set(&page->mapping_flags, merge_layout.mapping_ksm) < 0 ||
+            pb_set(&page->flags, pflags | merge_layout.pg_referenced | merge_layout.pg_dirty) < 0 ||
+            slot_add(work, merge_layout.wk_merges, 1) < 0)
+            goto done;
+    }
+    mapcount = pb_long(page->mapcount, &err);
+    kmapcount = (err || kpage == NULL) ? 0 : pb_long(kpage->mapcount, &err);
+    if (kpage != NULL) {
+        long kcount = err ? 0 : pb_long(kpage->count, &err);
+        if (err)
+            goto done;
+        if (slot_add(work, merge_layout.wk_memcmps, 1) < 0)
+            goto done;
+        /* replace_page(): kpage gains a reference and a mapping. */
+        if (pb_set(&kpage->count, kcount + 1) < 0 || pb_set(&kpage->mapcount, kmapcount + 1) < 0)
+            goto done;
+        if (kmapcount + 1 == 1) {
+            PyObject *machine = PyObject_GetAttr(ksm, merge_layout.s_machine);
+            int r;
+            if (machine == NULL)
+                goto done;
+            r = attr_add(machine, merge_layout.s_nr_anon, 1);
+            Py_DECREF(machine);
+            if (r < 0)
+                goto done;
+        }
+        newpte = ((unsigned long long)kpage->pfn << merge_layout.page_shift) |
+                 merge_layout.present | merge_layout.pte_accessed;
+        ((unsigned long long *)view.buf)[idx] = newpte;
+        if (pb_set(&page->mapcount, mapcount - 1) < 0)
+            goto done;
+        if (mapcount - 1 == 0) {
+            PyObject *machine = PyObject_GetAttr(ksm, merge_layout.s_machine);
+            int r;
+            if (machine == NULL)
+                goto done;
+            r = attr_add(machine, merge_layout.s_nr_anon, -1);
+            Py_DECREF(machine);
+            if (r < 0)
+                goto done;
+        }
+        if (pb_set(&page->count, count - 1) < 0)
+            goto done;
+        if (slot_add(work, merge_layout.wk_merges, 1) < 0)
+            goto done;
+        (void)kcount;
+    }
+    if (!stable_step && (address & merge_layout.tree_flags)) {
+        /* try_to_merge_with_ksm_page() takes the item out of its tree here (3.x+). */
+        PyObject *fmv = PyObject_GetAttr(ksm, merge_layout.s_fmv), *r;
+        int yes = fmv ? PyObject_IsTrue(fmv) : -1;
+        Py_XDECREF(fmv);
+        if (yes < 0)
+            goto done;
+        if (yes) {
+            r = PyObject_CallMethodOneArg(ksm, merge_layout.s_remove, item);
+            if (r == NULL)
+                goto done;
+            Py_DECREF(r);
+        }
+    }
+    /* hold_anon_vma() */
+    scan_set(item, merge_layout.it_anon_vma, anon_vma);
+    if (slot_add(anon_vma, merge_layout.av_refcount, 1) < 0)
+        goto done;
+    if (stable_step) {
+        long kcount = pb_long(kpage->count, &err);
+        if (err)
+            goto done;
+        /* stable_tree_append() */
+        if (slot_add(node, merge_layout.sn_hlist_len, 1) < 0)
+            goto done;
+        scan_set(item, merge_layout.it_head, node);
+        if (scan_set_long(item, merge_layout.it_address, address | merge_layout.stable_flag) < 0)
+            goto done;
+        first = MSLOT(node, merge_layout.sn_hlist);
+        if (first == NULL) {
+            PyErr_SetString(PyExc_AttributeError, "merge_fused: unset hlist");
+            goto done;
+        }
+        Py_INCREF(first);
+        scan_set(item, merge_layout.it_hnext, first);
+        scan_set(item, merge_layout.it_hprev, Py_None);
+        if (first != Py_None) {
+            scan_set(first, merge_layout.it_hprev, item);
+            Py_DECREF(first);
+            if (attr_add(ksm, merge_layout.s_sharing, 1) < 0)
+                goto done;
+        } else {
+            Py_DECREF(first);
+            if (attr_add(ksm, merge_layout.s_shared, 1) < 0)
+                goto done;
+        }
+        scan_set(node, merge_layout.sn_hlist, item);
+        if (slot_add(mm, merge_layout.mm_merging, 1) < 0)
+            goto done;
+        /* put_page(kpage): the search's reference. */
+        if (pb_set(&kpage->count, kcount - 1) < 0)
+            goto done;
+    }
+    ok = 1;
+done_ok:
+    PyBuffer_Release(&view);
+    Py_XDECREF(wp);
+    Py_XDECREF(work);
+    if (ok)
+        Py_RETURN_TRUE;
+    Py_RETURN_FALSE;
+done:
+    PyBuffer_Release(&view);
+    Py_XDECREF(wp);
+    Py_XDECREF(work);
+    return NULL;
+}
+
+static int
+merge_args(PyObject *const *args, Py_ssize_t nargs, int none_ok, const char *name)
+{
+    if (!merge_layout.ready || !layout.ready) {
+        PyErr_Format(PyExc_RuntimeError, "%s() before merge_setup()", name);
+        return -1;
+    }
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "%s() takes exactly 4 arguments", name);
+        return -1;
+    }
+    if (!PyObject_TypeCheck(args[1], merge_layout.item_type) ||
+        !PyObject_TypeCheck(args[2], &PageBase_Type) ||
+        !((none_ok && args[3] == Py_None) || PyObject_TypeCheck(args[3], &PageBase_Type))) {
+        PyErr_Format(PyExc_TypeError, "%s: an rmap_item and two frames", name);
+        return -1;
+    }
+    if (!PyObject_TypeCheck(MSLOT(args[1], merge_layout.it_mm), merge_layout.mm_type)) {
+        PyErr_Format(PyExc_TypeError, "%s: rmap_item.mm is not an mm", name);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+speedups_merge_fused(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (merge_args(args, nargs, 0, "merge_fused") < 0)
+        return NULL;
+    return merge_core(args[0], args[1], (PageBaseObject *)args[2], (PageBaseObject *)args[3],
+                      1);
+}
+
+PyDoc_STRVAR(try_merge_fused_doc,
+"try_merge_fused(ksm, rmap_item, page, kpage_or_None, /)\n"
+"--\n"
+"\n"
+"Ksm.try_to_merge_with_ksm_page_fused(): try_to_merge_with_ksm_page() in one step\n"
+"when the common case's conditions hold (True), else change nothing (False).");
+
+static PyObject *
+speedups_try_merge_fused(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (merge_args(args, nargs, 1, "try_merge_fused") < 0)
+        return NULL;
+    return merge_core(args[0], args[1], (PageBaseObject *)args[2],
+                      args[3] == Py_None ? NULL : (PageBaseObject *)args[3], 0);
+}
+
+/* ---------------------------------------------------------------------------
+ * free_scanned(page, free_append, zone, active, inactive, unmapped_at,
+ *              released, pg_lru, pg_active, pg_reserved):
+ * shortcut fused_free of Ksm.ksm_do_scan(): the put_page() of the last
+ * reference to a frame, through free_hot_cold_page() and the machine's
+ * on_free hook (Machine._page_freed(), Lru.remove()), when the hook has
+ * nothing to note (no KSM page unmapped by reclaim waiting to be freed).
+ * Returns True when the frame was freed, False (nothing changed) otherwise.
+ * ------------------------------------------------------------------------- */
+
+static PyObject *s_nr_free;
+
+PyDoc_STRVAR(free_scanned_doc,
+"free_scanned(page, free_append, zone, active, inactive, unmapped_at, released,\n"
+"             pg_lru, pg_active, pg_reserved, /)\n"
+"--\n"
+"\n"
+"put_page() of a frame's last reference when the free hook has nothing to note:\n"
+"True when freed, False when nothing changed.");
+
+static PyObject *
+speedups_free_scanned(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PageBaseObject *page;
+    PyObject *active, *inactive, *lst, *r, *nr;
+    long count, mapcount, flags, pg_lru, pg_active, pg_reserved, n;
+    int err = 0;
+    (void)module;
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "free_scanned() takes exactly 10 arguments");
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(args[0], &PageBase_Type) || !PyDict_CheckExact(args[3]) ||
+        !PyDict_CheckExact(args[4]) || !PyDict_CheckExact(args[5]) ||
+        !PyAnySet_CheckExact(args[6])) {
+        PyErr_SetString(PyExc_TypeError, "free_scanned: a frame, the free list, dicts and a set");
+        return NULL;
+    }
+    page = (PageBaseObject *)args[0];
+    active = args[3];
+    inactive = args[4];
+    pg_lru = PyLong_AsLong(args[7]);
+    pg_active = PyLong_AsLong(args[8]);
+    pg_reserved = PyLong_AsLong(args[9]);
+    if (PyErr_Occurred())
+        return NULL;
+    count = pb_long(page->count, &err);
+    mapcount = err ? 0 : pb_long(page->mapcount, &err);
+    flags = err ? 0 : pb_long(page->flags, &err);
+    if (err)
+        return NULL;
+    if (count != 1 || mapcount != 0 || (flags & pg_reserved) || PyDict_GET_SIZE(args[5]) ||
+        PySet_GET_SIZE(args[6]))
+        Py_RETURN_FALSE;
+    if (s_nr_free == NULL && !(s_nr_free = PyUnicode_InternFromString("nr_free")))
+        return NULL;
+    /* put_page(): the count reaches zero; free_hot_cold_page() calls the hook first. */
+    if (pb_set(&page->count, 0) < 0)
+        return NULL;
+    if (flags & pg_lru) {
+        /* Lru.remove() */
+        lst = (flags & pg_active) ? active : inactive;
+        if (PyDict_DelItem(lst, (PyObject *)page) < 0) {
+            if (!PyErr_ExceptionMatches(PyExc_KeyError))
+                return NULL;
+            PyErr_Clear();
+        }
+    }
+    /* The frame's fields, reset. */
+    Py_INCREF(Py_None);
+    Py_XSETREF(page->mapping, Py_None);
+    if (pb_set(&page->mapping_flags, 0) < 0 || pb_set(&page->flags, 0) < 0)
+        return NULL;
+    page->private_ = 0;
+    page->index = 0;
+    Py_INCREF(Py_None);
+    Py_XSETREF(page->data, Py_None);
+    Py_INCREF(Py_None);
+    Py_XSETREF(page->csum_of, Py_None);
+    r = PyObject_CallOneArg(args[1], (PyObject *)page);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    nr = PyObject_GetAttr(args[2], s_nr_free);
+    if (nr == NULL)
+        return NULL;
+    n = PyLong_AsLong(nr);
+    Py_DECREF(nr);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    nr = PyLong_FromLong(n + 1);
+    if (nr == NULL)
+        return NULL;
+    if (PyObject_SetAttr(args[2], s_nr_free, nr) < 0) {
+        Py_DECREF(nr);
+        return NULL;
+    }
+    Py_DECREF(nr);
+    Py_RETURN_TRUE;
 }
 
 static PyMethodDef speedups_methods[] = {
@@ -2349,12 +3838,26 @@ static PyMethodDef speedups_methods[] = {
     {"stable_skip", (PyCFunction)(void (*)(void))speedups_stable_skip, METH_FASTCALL,
      stable_skip_doc},
     {"dup_skip", (PyCFunction)(void (*)(void))speedups_dup_skip, METH_FASTCALL, dup_skip_doc},
+    {"find_setup", (PyCFunction)(void (*)(void))speedups_find_setup, METH_FASTCALL,
+     find_setup_doc},
+    {"stable_find", (PyCFunction)(void (*)(void))speedups_stable_find, METH_FASTCALL,
+     stable_find_doc},
     {"rb_setup", (PyCFunction)(void (*)(void))speedups_rb_setup, METH_FASTCALL, rb_setup_doc},
     {"scan_setup", (PyCFunction)(void (*)(void))speedups_scan_setup, METH_FASTCALL,
      scan_setup_doc},
     {"scan_ptes", (PyCFunction)(void (*)(void))speedups_scan_ptes, METH_FASTCALL, scan_ptes_doc},
+    {"visit_setup", (PyCFunction)(void (*)(void))speedups_visit_setup, METH_FASTCALL,
+     visit_setup_doc},
     {"rb_insert_color", (PyCFunction)(void (*)(void))speedups_rb_insert_color, METH_FASTCALL,
      rb_insert_color_doc},
+    {"merge_setup", (PyCFunction)(void (*)(void))speedups_merge_setup, METH_FASTCALL,
+     merge_setup_doc},
+    {"merge_fused", (PyCFunction)(void (*)(void))speedups_merge_fused, METH_FASTCALL,
+     merge_fused_doc},
+    {"try_merge_fused", (PyCFunction)(void (*)(void))speedups_try_merge_fused, METH_FASTCALL,
+     try_merge_fused_doc},
+    {"free_scanned", (PyCFunction)(void (*)(void))speedups_free_scanned, METH_FASTCALL,
+     free_scanned_doc},
     {NULL, NULL, 0, NULL},
 };
 

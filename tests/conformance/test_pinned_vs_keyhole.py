@@ -18,73 +18,32 @@ from __future__ import annotations
 import pytest
 
 from ksmsim.kernel.invariants import check_all
-from ksmsim.kernel.machine import Machine
-from ksmsim.kernel.mm import is_swap_pte, pte_pfn, pte_present
-from ksmsim.kernel.page import PAGE_SIZE, Page, PageKsm, PG_swapcache, page_stable_node
-from ksmsim.kernel.vmscan import page_referenced, shrink_page_list
+from ksmsim.kernel.mm import is_swap_pte
+from ksmsim.kernel.page import PAGE_SIZE, PageKsm, PG_swapcache, page_stable_node
 from ksmsim.workload.host import Host
+from tests.helpers import (
+    add_process,
+    ksm_counts,
+    merged_host,
+    reclaim_one,
+    region_page,
+    single_page_batches,
+)
 
 DESIGNS = ["keyhole", "pinned"]
 X = 0x5A
 NSEC = 1_000_000_000
 
 
-def _counts(host: Host) -> tuple[int, int, int, int]:
-    c = host.counters()
-    return c["pages_shared"], c["pages_sharing"], c["pages_unshared"], c["pages_volatile"]
-
-
-def _host(kernel: str, *, check: bool = True) -> Host:
-    return Host(kernel, ram_pages=200, swap_pages=64, check=check)
-
-
-def _add(host: Host, name: str, fill: int | None = X) -> None:
-    host.spawn(name)
-    host.mmap(name, "r", 1)
-    if fill is not None:
-        host.fill(name, "r", fill)
-
-
-def _merged(kernel: str, names: str, *, check: bool = True) -> Host:
-    host = _host(kernel, check=check)
-    for name in names:
-        _add(host, name)
-    assert host.scan(2)
-    assert _counts(host) == (1, len(names) - 1, 0, 0)
-    return host
-
-
-def _page(host: Host, proc: str) -> Page:
-    pte = host.proc(proc).mm.pte_get(host.region(proc, "r").address)
-    assert pte_present(pte)
-    page = host.machine.zone.mem_map[pte_pfn(pte)]
-    assert page is not None
-    return page
-
-
-def _batches(host: Host, n: int) -> list[tuple[int, int, int, int]]:
-    host.set_tunable("pages_to_scan", 1)
-    host.sysfs.write("run", 1)
-    out = []
-    for _ in range(n):
-        host.ksmd.batch()
-        out.append(_counts(host))
-    host.sysfs.write("run", 0)
-    return out
-
-
-def _reclaim(m: Machine, page: Page) -> int:
-    page_referenced(m, page)
-    m.lru.remove(page)
-    page.count += 1
-    return shrink_page_list(m, [page])
+def _host(kernel: str) -> Host:
+    return Host(kernel, ram_pages=200, swap_pages=64, check=True)
 
 
 @pytest.mark.parametrize("kernel", DESIGNS)
 def test_a_unmapped_ksm_page_freed_at_once_or_kept_by_pin(kernel: str) -> None:
-    host = _merged(kernel, "pq")
+    host = merged_host(kernel, "pq", X)
     m = host.machine
-    kpage = _page(host, "p")
+    kpage = region_page(host, "p")
     free_before = m.zone.nr_free
     host.write("p", "r", 1)
     host.write("q", "r", 2)
@@ -99,9 +58,9 @@ def test_a_unmapped_ksm_page_freed_at_once_or_kept_by_pin(kernel: str) -> None:
         assert host.memory()["ksm_pages"] == 1
         assert m.zone.nr_free == free_before - 2
     # Either way the counters wait for ksmd.
-    assert _counts(host) == (1, 1, 0, 0)
+    assert ksm_counts(host) == (1, 1, 0, 0)
     host.scan(1)
-    assert _counts(host) == (0, 0, 0, 2)
+    assert ksm_counts(host) == (0, 0, 0, 2)
     assert m.zone.is_free(kpage) and host.memory()["ksm_pages"] == 0
 
 
@@ -109,12 +68,12 @@ def test_a_unmapped_ksm_page_freed_at_once_or_kept_by_pin(kernel: str) -> None:
 def test_b_orphaned_ksm_page_revived_or_pruned(kernel: str) -> None:
     host = _host(kernel)
     # r registers first (so ksmd reaches it first in every pass) but writes nothing yet.
-    _add(host, "r", fill=None)
-    _add(host, "p")
-    _add(host, "q")
+    add_process(host, "r", None)
+    add_process(host, "p", X)
+    add_process(host, "q", X)
     host.scan(2)
-    assert _counts(host) == (1, 1, 0, 0)
-    kpage = _page(host, "p")
+    assert ksm_counts(host) == (1, 1, 0, 0)
+    kpage = region_page(host, "p")
     host.write("p", "r", 1)
     host.write("q", "r", 2)
     host.fill("r", "r", X)
@@ -122,21 +81,21 @@ def test_b_orphaned_ksm_page_revived_or_pruned(kernel: str) -> None:
     if kernel == "pinned":
         # r's stable search met the orphan, valid and equal: r merged into it, and the node
         # (which never went stale) lives on with r's item after p's and q's were removed.
-        assert _page(host, "r") is kpage and PageKsm(kpage)
+        assert region_page(host, "r") is kpage and PageKsm(kpage)
         assert [i.mm.name for i in page_stable_node(kpage).items()] == ["r"]
-        assert _counts(host) == (1, 0, 0, 2)
+        assert ksm_counts(host) == (1, 0, 0, 2)
         assert host.memory()["ksm_pages"] == 1
     else:
         # r's walk found the node stale: the whole node was pruned, the search gave up and
         # r's page only had its checksum recorded.
-        assert not PageKsm(_page(host, "r"))
+        assert not PageKsm(region_page(host, "r"))
         assert host.ksm.root_stable_tree.rb_node is None
-        assert _counts(host) == (0, 0, 0, 3)
+        assert ksm_counts(host) == (0, 0, 0, 3)
         assert host.memory()["ksm_pages"] == 0
         host.scan(1)
         # A second visit with unchanged contents: all three pages (r, and p's and q's
         # private copies) enter the unstable tree; none of them is equal to another.
-        assert _counts(host) == (0, 0, 3, 0)
+        assert ksm_counts(host) == (0, 0, 3, 0)
 
 
 @pytest.mark.parametrize(
@@ -149,11 +108,11 @@ def test_b_orphaned_ksm_page_revived_or_pruned(kernel: str) -> None:
 def test_c_counters_fall_per_item_or_per_node(
     kernel: str, expected: list[tuple[int, int, int, int]]
 ) -> None:
-    host = _merged(kernel, "abcd")
+    host = merged_host(kernel, "abcd", X)
     for name in "abcd":
         host.write(name, "r", 1)
-    assert _counts(host) == (1, 3, 0, 0)
-    assert _batches(host, 4) == expected
+    assert ksm_counts(host) == (1, 3, 0, 0)
+    assert single_page_batches(host, 4) == expected
     assert host.ksm.ksm_scan.seqnr == 2  # all within the third pass
     check_all(host.machine)
 
@@ -164,21 +123,21 @@ def test_c_keyhole_node_dropped_by_an_unrelated_walk(kernel: str) -> None:
     # before any of the node's own addresses. The keyhole's walk through the freed node drops
     # it whole; the pinned walk compares with the still valid page and leaves the node alone.
     host = _host(kernel)
-    _add(host, "n", fill=None)
+    add_process(host, "n", None)
     for name in "ab":
-        _add(host, name)
+        add_process(host, name, X)
     host.scan(2)
     for name in "ab":
         host.write(name, "r", 1)
     host.fill("n", "r", 0x10)
-    assert _batches(host, 1) == [(0, 0, 0, 3) if kernel == "keyhole" else (1, 1, 0, 1)]
+    assert single_page_batches(host, 1) == [(0, 0, 0, 3) if kernel == "keyhole" else (1, 1, 0, 1)]
 
 
 @pytest.mark.parametrize("kernel", DESIGNS)
 def test_d_fork_child_of_orphaned_ksm_page(kernel: str) -> None:
-    host = _merged(kernel, "pq", check=False)
+    host = merged_host(kernel, "pq", X, check=False)
     host.fork("p", "c")
-    kpage = _page(host, "p")
+    kpage = region_page(host, "p")
     host.write("p", "r", 1)
     host.write("q", "r", 2)
     host.scan(1)
@@ -186,26 +145,26 @@ def test_d_fork_child_of_orphaned_ksm_page(kernel: str) -> None:
         # The node went with q's item; c's KSM page was not found by the stable search and
         # was broken: c has a private copy, nothing is shared.
         assert host.ksm.work.break_cows == 1
-        assert not PageKsm(_page(host, "c"))
+        assert not PageKsm(region_page(host, "c"))
         assert host.machine.zone.is_free(kpage)
-        assert _counts(host) == (0, 0, 0, 3)
+        assert ksm_counts(host) == (0, 0, 0, 3)
     else:
         # The page lives (c maps it), so its node stayed with an empty hlist; c's visit took
         # the "ksm page forked" path and appended c's item: shared again.
         assert host.ksm.work.break_cows == 0
-        assert _page(host, "c") is kpage and PageKsm(kpage)
+        assert region_page(host, "c") is kpage and PageKsm(kpage)
         assert [i.mm.name for i in page_stable_node(kpage).items()] == ["c"]
-        assert _counts(host) == (1, 0, 0, 2)
+        assert ksm_counts(host) == (1, 0, 0, 2)
     check_all(host.machine)
 
 
 @pytest.mark.parametrize("kernel", DESIGNS)
 def test_e_reclaimed_ksm_page_freed_in_same_pass_or_after_ksmd(kernel: str) -> None:
-    host = _merged(kernel, "pq")
+    host = merged_host(kernel, "pq", X)
     m = host.machine
-    kpage = _page(host, "p")
+    kpage = region_page(host, "p")
     m.clock_ns = 1 * NSEC
-    freed = _reclaim(m, kpage)
+    freed = reclaim_one(m, kpage)
     assert m.vmstat["ksm_pages_unmapped"] == 1
     assert m.vmstat["pswpout"] == 1
     for name in "pq":
@@ -224,16 +183,16 @@ def test_e_reclaimed_ksm_page_freed_in_same_pass_or_after_ksmd(kernel: str) -> N
     # ksmd's next pass prunes both items: that drops the pin; the next reclaim frees it.
     m.clock_ns = 2 * NSEC
     host.scan(1)
-    assert _counts(host) == (0, 0, 0, 0)
+    assert ksm_counts(host) == (0, 0, 0, 0)
     # Released: freed at once (keyhole), or freeable once ksmd dropped the pin (pinned).
     assert m.ksm_release_delays_ns == ([0] if kernel == "keyhole" else [1 * NSEC])
     m.clock_ns = 3 * NSEC
     if kernel == "pinned":
-        assert _reclaim(m, kpage) == 1
+        assert reclaim_one(m, kpage) == 1
         assert m.ksm_free_delays_ns == [2 * NSEC]
     assert m.zone.is_free(kpage) and m.swap_cache == {}
     assert m.ksm_unmapped_at == {}
     # The contents are safe in swap either way.
     host.read("p", "r")
-    assert _page(host, "p").data == bytes([X]) * PAGE_SIZE
+    assert region_page(host, "p").data == bytes([X]) * PAGE_SIZE
     check_all(m)

@@ -14,13 +14,9 @@ from ksmsim.kernel.mmap import do_mmap_anon
 from ksmsim.kernel.page import PAGE_SIZE, Page, PageKsm, PG_active, PG_lru
 from ksmsim.kernel.profile import V2_6_33
 from ksmsim.workload.host import Host
+from tests.helpers import ksm_counts
 
 P = PAGE_SIZE
-
-
-def _counts(host: Host) -> tuple[int, int, int, int]:
-    c = host.counters()
-    return c["pages_shared"], c["pages_sharing"], c["pages_unshared"], c["pages_volatile"]
 
 
 def _pages(mm: MmStruct, addr: int, n: int) -> list[Page]:
@@ -85,7 +81,7 @@ def test_v2633_buffered_pages_never_merge_until_drained() -> None:
     host.scan(3)
     # a's first page entered the unstable tree; every merge with it failed the count check
     # in write_protect_page() (mapcount 1 + ksmd's reference + the pagevec's): no KSM page.
-    assert _counts(host) == (0, 0, 1, 12)
+    assert ksm_counts(host) == (0, 0, 1, 12)
     assert host.memory()["ksm_pages"] == 0
     a = host.region("a", "r").address
     assert all(pte_write(host.proc("a").mm.pte_get(a + i * P)) for i in range(7))
@@ -96,7 +92,7 @@ def test_v2633_buffered_pages_never_merge_until_drained() -> None:
     host.fill("c", "r", 1)
     assert [len(v) for v in m.pagevecs] == [0, 0]
     host.scan(1)
-    assert _counts(host) == (1, 12, 0, 0)
+    assert ksm_counts(host) == (1, 12, 0, 0)
     assert host.memory()["ksm_pages"] == 1
 
 
@@ -107,20 +103,20 @@ def test_keyhole_kpage_allocations_fill_the_pagevec() -> None:
     m = host.machine
     assert [len(v) for v in m.pagevecs] == [6, 0]
     host.scan(1)
-    assert _counts(host) == (0, 0, 0, 6)
+    assert ksm_counts(host) == (0, 0, 0, 6)
     host.scan(1)
     # a0 went into the unstable tree; a1, a2, b0, b1, b2 matched it and failed: five kpages.
-    assert _counts(host) == (0, 0, 1, 5)
+    assert ksm_counts(host) == (0, 0, 1, 5)
     assert [len(v) for v in m.pagevecs] == [11, 0]
     assert m.zone.nr_free == 500 - 6 - 5
     host.scan(1)
     # The third failed attempt of this pass (b0's) was the 14th add: the drain freed the
     # stale kpages and let b0 merge with a0 into its new kpage; b1 and b2 then joined it.
-    assert _counts(host) == (1, 3, 0, 2)
+    assert ksm_counts(host) == (1, 3, 0, 2)
     assert [len(v) for v in m.pagevecs] == [0, 0]
     assert m.zone.nr_free == 500 - 3  # a1, a2 and the KSM page
     host.scan(1)
-    assert _counts(host) == (1, 5, 0, 0)
+    assert ksm_counts(host) == (1, 5, 0, 0)
 
 
 @pytest.mark.parametrize("kernel", ["keyhole", "v2.6.33"])
@@ -131,7 +127,7 @@ def test_without_pagevecs_the_same_pages_merge_at_once(kernel: str) -> None:
         host.mmap(name, "r", 3)
         host.fill(name, "r", 0x5A)
     host.scan(2)
-    assert _counts(host) == (1, 5, 0, 0)
+    assert ksm_counts(host) == (1, 5, 0, 0)
 
 
 def test_v618_drains_at_each_pass_start() -> None:
@@ -140,9 +136,9 @@ def test_v618_drains_at_each_pass_start() -> None:
     assert [len(v) for v in m.pagevecs] == [6, 0]
     host.scan(1)
     assert [len(v) for v in m.pagevecs] == [0, 0]
-    assert _counts(host) == (0, 0, 0, 6)
+    assert ksm_counts(host) == (0, 0, 0, 6)
     host.scan(1)
-    assert _counts(host) == (1, 5, 0, 0)
+    assert ksm_counts(host) == (1, 5, 0, 0)
     a = host.region("a", "r").address
     [page] = _pages(host.proc("a").mm, a, 1)
     assert PageKsm(page)

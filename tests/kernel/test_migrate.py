@@ -11,11 +11,8 @@ from ksmsim.kernel.invariants import check_all
 from ksmsim.kernel.machine import Machine, MachineConfig
 from ksmsim.kernel.memory import read_user_byte, write_user_bytes
 from ksmsim.kernel.migrate import migrate_page, migrate_range
-from ksmsim.kernel.mm import MmStruct, is_swap_pte, pte_pfn, pte_present, pte_write
-from ksmsim.kernel.mmap import do_mmap_anon
+from ksmsim.kernel.mm import is_swap_pte, pte_write
 from ksmsim.kernel.page import (
-    PAGE_SIZE,
-    Page,
     PageKsm,
     PG_active,
     PG_locked,
@@ -28,46 +25,27 @@ from ksmsim.kernel.vmscan import page_referenced, shrink_page_list
 from ksmsim.workload.host import Host
 from ksmsim.workload.runner import run_scenario
 from ksmsim.workload.scenario import parse_scenario
-
-P = PAGE_SIZE
-
-
-def _data(byte: int) -> bytes:
-    return bytes([byte]) * PAGE_SIZE
-
-
-def _machine(ram: int = 128, swap: int = 16) -> Machine:
-    return Machine(KEYHOLE, MachineConfig(ram_pages=ram, swap_pages=swap))
-
-
-def _process(m: Machine, name: str, pages: list[int]) -> tuple[MmStruct, int]:
-    mm = m.new_process(name)
-    addr = do_mmap_anon(mm, len(pages) * P)
-    for i, byte in enumerate(pages):
-        write_user_bytes(mm, addr + i * P, _data(byte))
-    return mm, addr
-
-
-def _page(mm: MmStruct, addr: int) -> Page:
-    pte = mm.pte_get(addr)
-    assert pte_present(pte)
-    page = mm.machine.zone.mem_map[pte_pfn(pte)]
-    assert page is not None
-    return page
-
+from tests.helpers import (
+    P,
+    filled,
+    mapped_page,
+    process_with_pages,
+    reclaim_one,
+    small_machine,
+)
 
 # -- ordinary anonymous pages ------------------------------------------------------------------
 
 
 def test_migrate_keeps_contents_mapping_counts_and_lru() -> None:
-    m = _machine()
-    mm, a = _process(m, "a", [0x11, 0x22])
-    old = _page(mm, a)
+    m = small_machine()
+    mm, a = process_with_pages(m, "a", [0x11, 0x22])
+    old = mapped_page(mm, a)
     anon_vma, index = page_anon_vma(old), old.index
     assert migrate_page(m, old) == 0
-    new = _page(mm, a)
+    new = mapped_page(mm, a)
     assert new is not old and new.pfn != old.pfn
-    assert new.data == _data(0x11)
+    assert new.data == filled(0x11)
     assert pte_write(mm.pte_get(a))
     assert (new.count, new.mapcount, new.index) == (1, 1, index)
     assert page_anon_vma(new) is anon_vma
@@ -76,60 +54,56 @@ def test_migrate_keeps_contents_mapping_counts_and_lru() -> None:
     assert new in m.lru.active and old not in m.lru.active
     assert m.zone.is_free(old)
     assert m.vmstat["pgmigrate_success"] == 1
-    assert _page(mm, a + P).data == _data(0x22)
+    assert mapped_page(mm, a + P).data == filled(0x22)
     # The page behaves as before: a write is in place (it is the only mapping).
     write_user_bytes(mm, a, b"\x99")
-    assert _page(mm, a) is new
+    assert mapped_page(mm, a) is new
     check_all(m)
 
 
 def test_migrate_moves_every_mapping_of_a_fork_shared_page() -> None:
-    m = _machine()
-    mm, a = _process(m, "parent", [0x11])
+    m = small_machine()
+    mm, a = process_with_pages(m, "parent", [0x11])
     c1 = m.fork(mm, "c1")
     c2 = m.fork(mm, "c2")
-    old = _page(mm, a)
+    old = mapped_page(mm, a)
     assert (old.count, old.mapcount) == (3, 3)
     assert migrate_page(m, old) == 0
-    new = _page(mm, a)
-    assert _page(c1, a) is new and _page(c2, a) is new
+    new = mapped_page(mm, a)
+    assert mapped_page(c1, a) is new and mapped_page(c2, a) is new
     assert (new.count, new.mapcount) == (3, 3)
     for who in (mm, c1, c2):
         assert not pte_write(who.pte_get(a))  # still copy-on-write
     assert m.zone.is_free(old)
     # COW still works on the moved page: c1 copies, the others keep sharing it.
     write_user_bytes(c1, a, b"\x01")
-    assert _page(c1, a) is not new and (new.count, new.mapcount) == (2, 2)
+    assert mapped_page(c1, a) is not new and (new.count, new.mapcount) == (2, 2)
     check_all(m)
 
 
 def test_migrate_inactive_page_stays_inactive() -> None:
-    m = _machine()
-    mm, a = _process(m, "a", [0x11])
-    old = _page(mm, a)
+    m = small_machine()
+    mm, a = process_with_pages(m, "a", [0x11])
+    old = mapped_page(mm, a)
     m.lru.remove(old)
     m.lru.add(old, active=False)
     assert migrate_page(m, old) == 0
-    new = _page(mm, a)
+    new = mapped_page(mm, a)
     assert new.flags & (PG_lru | PG_active) == PG_lru
     assert list(m.lru.inactive) == [new]
     check_all(m)
 
 
 def test_migrate_swap_cache_page_moves_the_cache_entry() -> None:
-    m = _machine()
-    mm, a = _process(m, "a", [0x11])
-    page = _page(mm, a)
-    page_referenced(m, page)
-    m.lru.remove(page)
-    page.count += 1
-    assert shrink_page_list(m, [page]) == 1
+    m = small_machine()
+    mm, a = process_with_pages(m, "a", [0x11])
+    assert reclaim_one(m, mapped_page(mm, a)) == 1
     read_user_byte(mm, a)  # back from swap, and still in the swap cache
-    old = _page(mm, a)
+    old = mapped_page(mm, a)
     slot = old.private
     assert m.swap_cache == {slot: old} and (old.count, old.mapcount) == (2, 1)
     assert migrate_page(m, old) == 0
-    new = _page(mm, a)
+    new = mapped_page(mm, a)
     assert m.swap_cache == {slot: new}
     assert new.flags & PG_swapcache and new.private == slot
     assert (new.count, new.mapcount) == (2, 1)
@@ -138,7 +112,7 @@ def test_migrate_swap_cache_page_moves_the_cache_entry() -> None:
     assert m.swap is not None and m.swap.has_cache[slot] == 1
     # The moved cache page is found by the slot: a write reuses it and frees the slot.
     write_user_bytes(mm, a, b"\x02")
-    assert _page(mm, a) is new and m.swap_cache == {} and m.swap.inuse_pages == 0
+    assert mapped_page(mm, a) is new and m.swap_cache == {} and m.swap.inuse_pages == 0
     check_all(m)
 
 
@@ -146,28 +120,28 @@ def test_migrate_swap_cache_page_moves_the_cache_entry() -> None:
 
 
 def test_migrate_refuses_locked_page() -> None:
-    m = _machine()
-    mm, a = _process(m, "a", [0x11])
-    page = _page(mm, a)
+    m = small_machine()
+    mm, a = process_with_pages(m, "a", [0x11])
+    page = mapped_page(mm, a)
     page.flags |= PG_locked
     free = m.zone.nr_free
     assert migrate_page(m, page) == -errno.EAGAIN
     assert page.flags & PG_locked  # still the other holder's
     page.flags &= ~PG_locked
-    assert _page(mm, a) is page and (page.count, page.mapcount) == (1, 1)
+    assert mapped_page(mm, a) is page and (page.count, page.mapcount) == (1, 1)
     assert m.zone.nr_free == free
     check_all(m)
 
 
 def test_migrate_refuses_page_with_extra_reference() -> None:
-    m = _machine()
-    mm, a = _process(m, "a", [0x11])
-    page = _page(mm, a)
+    m = small_machine()
+    mm, a = process_with_pages(m, "a", [0x11])
+    page = mapped_page(mm, a)
     page.count += 1  # a get_user_pages() pin, say
     assert migrate_page(m, page) == -errno.EAGAIN
     assert not page.flags & PG_locked
     page.count -= 1
-    assert _page(mm, a) is page
+    assert mapped_page(mm, a) is page
     check_all(m)
 
 
@@ -183,29 +157,29 @@ def test_migrate_refuses_page_held_by_lru_pagevec() -> None:
 
 def test_migrate_without_free_frame_gives_enomem() -> None:
     m = Machine(KEYHOLE, MachineConfig(ram_pages=64))
-    mm, a = _process(m, "a", list(range(64)))
+    mm, a = process_with_pages(m, "a", list(range(64)))
     assert m.zone.nr_free == 0
-    page = _page(mm, a)
+    page = mapped_page(mm, a)
     assert migrate_page(m, page) == -errno.ENOMEM
     assert not page.flags & PG_locked and (page.count, page.mapcount) == (1, 1)
-    assert _page(mm, a) is page and page.data == _data(0)
+    assert mapped_page(mm, a) is page and page.data == filled(0)
     assert m.vmstat["pgmigrate_success"] == 0
     check_all(m)
 
 
 def test_migrate_refuses_non_anonymous_and_free_pages() -> None:
-    m = _machine()
+    m = small_machine()
     assert migrate_page(m, m.zone.zero_page) == -errno.EINVAL
-    mm, a = _process(m, "a", [1])
-    page = _page(mm, a)
+    mm, a = process_with_pages(m, "a", [1])
+    page = mapped_page(mm, a)
     m.exit(mm)
     assert migrate_page(m, page) == -errno.EINVAL
 
 
 def test_migrate_range_counts_outcomes() -> None:
-    m = _machine()
-    mm, a = _process(m, "a", [1, 2, 3])
-    pages = [_page(mm, a + i * P) for i in range(3)]
+    m = small_machine()
+    mm, a = process_with_pages(m, "a", [1, 2, 3])
+    pages = [mapped_page(mm, a + i * P) for i in range(3)]
     pages[1].count += 1
     assert migrate_range(m, pages) == {"ok": 2, "EAGAIN": 1}
     assert (m.vmstat["pgmigrate_success"], m.vmstat["pgmigrate_fail"]) == (2, 1)
@@ -241,7 +215,7 @@ def test_host_migrate_with_ksm_and_swapped_pages() -> None:
     assert host.counters()["pages_sharing"] == 1
     m = host.machine
     mm = host.proc("a").mm
-    last = _page(mm, host.region("a", "r").page_address(2))
+    last = mapped_page(mm, host.region("a", "r").page_address(2))
     page_referenced(m, last)
     m.lru.remove(last)
     last.count += 1
@@ -249,7 +223,7 @@ def test_host_migrate_with_ksm_and_swapped_pages() -> None:
     assert is_swap_pte(mm.pte_get(host.region("a", "r").page_address(2)))
     # The KSM page is refused (keyhole), the swapped-out page is not present: not counted.
     assert host.migrate("a", "r") == {"EBUSY": 1, "ok": 1}
-    assert PageKsm(_page(mm, host.region("a", "r").address))
+    assert PageKsm(mapped_page(mm, host.region("a", "r").address))
 
 
 def test_scenario_migrate_action_records_outcomes() -> None:
@@ -294,9 +268,9 @@ def test_migrate_ksm_page_shared_with_forked_child(kernel: str, offlining: bool)
     host.scan(1)  # c's visit appends its own item to the node
     assert host.counters()["pages_sharing"] == 2
     addr = host.region("p", "r").address
-    kpage = _page(host.proc("p").mm, addr)
+    kpage = mapped_page(host.proc("p").mm, addr)
     assert PageKsm(kpage) and kpage.mapcount == 3
     assert migrate_page(host.machine, kpage, offlining=offlining) == 0
-    new = _page(host.proc("c").mm, addr)
+    new = mapped_page(host.proc("c").mm, addr)
     assert (new.mapcount, new.count) == (3, 3)
     check_all(host.machine)

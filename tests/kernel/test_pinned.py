@@ -11,99 +11,59 @@ from __future__ import annotations
 import pytest
 
 from ksmsim.kernel.invariants import check_all
-from ksmsim.kernel.ksm import StableNode
 from ksmsim.kernel.machine import Machine
-from ksmsim.kernel.mm import is_swap_pte, pte_pfn, pte_present, swp_entry_to_pte
-from ksmsim.kernel.page import PAGE_SIZE, Page, PageAnon, PageKsm, PG_swapcache, page_stable_node
-from ksmsim.kernel.vmscan import page_referenced, shrink_page_list
+from ksmsim.kernel.mm import is_swap_pte, swp_entry_to_pte
+from ksmsim.kernel.page import PAGE_SIZE, PageAnon, PageKsm, PG_swapcache, page_stable_node
 from ksmsim.workload.host import Host
+from tests.helpers import (
+    ksm_counts,
+    merged_host,
+    reclaim_one,
+    region_page,
+    single_page_batches,
+    stable_node,
+)
 
 X = 0x5A
 NSEC = 1_000_000_000
-
-
-def _counts(host: Host) -> tuple[int, int, int, int]:
-    c = host.counters()
-    return c["pages_shared"], c["pages_sharing"], c["pages_unshared"], c["pages_volatile"]
-
-
-def _merged(kernel: str = "pinned", names: str = "pq", *, check: bool = True) -> Host:
-    """One page of X in each process, merged by two passes: shared 1, sharing n-1."""
-    host = Host(kernel, ram_pages=200, swap_pages=64, check=check)
-    for name in names:
-        host.spawn(name)
-        host.mmap(name, "r", 1)
-        host.fill(name, "r", X)
-    assert host.scan(2)
-    assert _counts(host) == (1, len(names) - 1, 0, 0)
-    return host
 
 
 def _pte(host: Host, proc: str) -> int:
     return host.proc(proc).mm.pte_get(host.region(proc, "r").address)
 
 
-def _page(host: Host, proc: str) -> Page:
-    pte = _pte(host, proc)
-    assert pte_present(pte)
-    page = host.machine.zone.mem_map[pte_pfn(pte)]
-    assert page is not None
-    return page
-
-
-def _node(page: Page) -> StableNode:
-    node = page_stable_node(page)
-    assert isinstance(node, StableNode)
-    return node
-
-
-def _batches(host: Host, n: int) -> list[tuple[int, int, int, int]]:
-    """Run n ksmd batches of one page each; return the counters after each."""
-    host.set_tunable("pages_to_scan", 1)
-    host.sysfs.write("run", 1)
-    out = []
-    for _ in range(n):
-        host.ksmd.batch()
-        out.append(_counts(host))
-    host.sysfs.write("run", 0)
-    return out
-
-
-def _reclaim(m: Machine, page: Page) -> int:
-    """Age the page and reclaim it alone, as shrink_page_list would once it is inactive."""
-    page_referenced(m, page)
-    m.lru.remove(page)
-    page.count += 1
-    return shrink_page_list(m, [page])
+def _merged(names: str = "pq", *, check: bool = True) -> Host:
+    """One page of X in each process, merged by two passes: shared 1, sharing n-1."""
+    return merged_host("pinned", names, X, check=check)
 
 
 def test_stable_node_holds_a_reference() -> None:
     host = _merged()
-    kpage = _page(host, "p")
-    node = _node(kpage)
+    kpage = region_page(host, "p")
+    node = stable_node(kpage)
     assert node.page is kpage
     assert (kpage.mapcount, kpage.count) == (2, 3)  # two ptes and the node's pin
-    assert _page(host, "q") is kpage
+    assert region_page(host, "q") is kpage
     check_all(host.machine)  # the checker counts the pin as a held reference
 
 
 def test_unmapped_ksm_page_stays_until_last_item_goes() -> None:
     host = _merged()
     m = host.machine
-    kpage = _page(host, "p")
-    node = _node(kpage)
+    kpage = region_page(host, "p")
+    node = stable_node(kpage)
     host.write("p", "r", 1)
     host.write("q", "r", 2)
     # Nothing maps it, but the pin keeps it: still KSM, still the node's, still counted.
     assert (kpage.mapcount, kpage.count) == (0, 1)
     assert not m.zone.is_free(kpage) and PageKsm(kpage) and node.page is kpage
     assert host.memory()["ksm_pages"] == 1
-    assert _counts(host) == (1, 1, 0, 0)
+    assert ksm_counts(host) == (1, 1, 0, 0)
     # ksmd reaches p: one item goes, sharing falls; the page stays.
-    assert _batches(host, 1) == [(1, 0, 0, 1)]
+    assert single_page_batches(host, 1) == [(1, 0, 0, 1)]
     assert not m.zone.is_free(kpage) and node.page is kpage
     # ksmd reaches q: the last item goes, the node is erased and the pin dropped: freed.
-    assert _batches(host, 1) == [(0, 0, 0, 2)]
+    assert single_page_batches(host, 1) == [(0, 0, 0, 2)]
     assert m.zone.is_free(kpage)
     assert node.page is None and host.ksm.root_stable_tree.rb_node is None
     assert host.memory()["ksm_pages"] == 0
@@ -116,13 +76,13 @@ def test_last_item_leaves_mapped_page_ksm_with_null_node() -> None:
     # page: the page becomes a KSM page with a NULL node, unpinned.
     host = _merged(check=False)
     host.fork("p", "c")
-    kpage = _page(host, "p")
-    node = _node(kpage)
+    kpage = region_page(host, "p")
+    node = stable_node(kpage)
     host.write("p", "r", 1)
     host.write("q", "r", 2)
     assert (kpage.mapcount, kpage.count) == (1, 2)
-    assert _batches(host, 2) == [(1, 0, 0, 1), (0, 0, 0, 2)]
-    assert _page(host, "c") is kpage
+    assert single_page_batches(host, 2) == [(1, 0, 0, 1), (0, 0, 0, 2)]
+    assert region_page(host, "c") is kpage
     assert PageKsm(kpage) and page_stable_node(kpage) is None
     assert (kpage.mapcount, kpage.count) == (1, 1)
     assert node.page is None and host.ksm.root_stable_tree.rb_node is None
@@ -133,14 +93,14 @@ def test_ksm_page_not_found_by_stable_search_is_broken() -> None:
     # fails, and the pinned cmp_and_merge_page breaks COW on it (notes 7.5, 3a).
     host = _merged(check=False)
     host.fork("p", "c")
-    kpage = _page(host, "p")
+    kpage = region_page(host, "p")
     host.write("p", "r", 1)
     host.write("q", "r", 2)
-    _batches(host, 2)
+    single_page_batches(host, 2)
     breaks = host.ksm.work.break_cows
-    assert _batches(host, 1) == [(0, 0, 0, 3)]
+    assert single_page_batches(host, 1) == [(0, 0, 0, 3)]
     assert host.ksm.work.break_cows == breaks + 1
-    mine = _page(host, "c")
+    mine = region_page(host, "c")
     assert mine is not kpage and PageAnon(mine) and not PageKsm(mine)
     assert mine.data == bytes([X]) * PAGE_SIZE
     assert host.machine.zone.is_free(kpage)
@@ -150,10 +110,10 @@ def test_ksm_page_not_found_by_stable_search_is_broken() -> None:
 def test_reclaim_writes_pinned_ksm_page_but_cannot_free_it() -> None:
     host = _merged()
     m = host.machine
-    kpage = _page(host, "p")
-    node = _node(kpage)
+    kpage = region_page(host, "p")
+    node = stable_node(kpage)
     m.clock_ns = 1 * NSEC
-    assert _reclaim(m, kpage) == 0
+    assert reclaim_one(m, kpage) == 0
     # Unmapped from both ptes and written out, but the freeze of the count at 2 (cache and
     # reclaim) fails against the pin: it stays in the swap cache, on the inactive list.
     slot = kpage.private
@@ -165,24 +125,24 @@ def test_reclaim_writes_pinned_ksm_page_but_cannot_free_it() -> None:
     assert m.ksm_unmapped_at == {kpage: 1 * NSEC}
     assert m.ksm_free_delays_ns == m.ksm_release_delays_ns == []
     assert m.vmstat["ksm_pages_unmapped"] == 1
-    assert node.page is kpage and _counts(host) == (1, 1, 0, 0)
+    assert node.page is kpage and ksm_counts(host) == (1, 1, 0, 0)
     check_all(m)
 
 
 def test_pinned_page_is_freeable_once_ksmd_removed_its_last_item() -> None:
     host = _merged()
     m = host.machine
-    kpage = _page(host, "p")
+    kpage = region_page(host, "p")
     m.clock_ns = 1 * NSEC
-    _reclaim(m, kpage)
+    reclaim_one(m, kpage)
     # A reclaim pass before ksmd has been round frees nothing either.
     m.clock_ns = 2 * NSEC
-    assert _reclaim(m, kpage) == 0
+    assert reclaim_one(m, kpage) == 0
     # ksmd's pass finds both addresses swapped out and prunes their items: the node goes and
     # the pin with it. The page is left in the swap cache alone, a KSM page with no node.
     m.clock_ns = 3 * NSEC
     host.scan(1)
-    assert _counts(host) == (0, 0, 0, 0)
+    assert ksm_counts(host) == (0, 0, 0, 0)
     assert (kpage.mapcount, kpage.count) == (0, 1)
     assert PageKsm(kpage) and page_stable_node(kpage) is None
     assert kpage in m.ksm_unmapped_at and m.ksm_free_delays_ns == []
@@ -190,7 +150,7 @@ def test_pinned_page_is_freeable_once_ksmd_removed_its_last_item() -> None:
     assert m.ksm_release_delays_ns == [2 * NSEC]
     # Now reclaim can free it: the delay runs from the first unmap to this free.
     m.clock_ns = 5 * NSEC
-    assert _reclaim(m, kpage) == 1
+    assert reclaim_one(m, kpage) == 1
     assert m.zone.is_free(kpage) and m.swap_cache == {}
     assert m.ksm_unmapped_at == {}
     assert m.ksm_free_delays_ns == [4 * NSEC]
@@ -198,26 +158,26 @@ def test_pinned_page_is_freeable_once_ksmd_removed_its_last_item() -> None:
     # The contents live on in the slot both ptes refer to.
     assert m.swap is not None and m.swap.swap_map[1] == 2
     host.read("q", "r")
-    assert _page(host, "q").data == bytes([X]) * PAGE_SIZE
+    assert region_page(host, "q").data == bytes([X]) * PAGE_SIZE
     check_all(m)
 
 
 def test_swap_in_before_ksmd_remaps_the_pinned_page() -> None:
     host = _merged()
     m = host.machine
-    kpage = _page(host, "p")
-    node = _node(kpage)
-    _reclaim(m, kpage)
+    kpage = region_page(host, "p")
+    node = stable_node(kpage)
+    reclaim_one(m, kpage)
     host.read("q", "r")
     # Still the node's page in the swap cache: q maps it again as the KSM page it is.
-    assert _page(host, "q") is kpage
+    assert region_page(host, "q") is kpage
     assert PageKsm(kpage) and page_stable_node(kpage) is node
     assert (kpage.mapcount, kpage.count) == (1, 3)
     assert is_swap_pte(_pte(host, "p"))
     assert (m.vmstat["pgmajfault"], m.vmstat["ksm_swpin_copy"]) == (0, 0)
     host.scan(1)
     # p's item was pruned (its address is swapped out); q's stays on the node.
-    assert _counts(host) == (1, 0, 0, 0)
+    assert ksm_counts(host) == (1, 0, 0, 0)
     check_all(m)
 
 
@@ -226,15 +186,15 @@ def test_swapped_in_orphan_ksm_page_is_broken_by_next_pass() -> None:
     # swap-in (page_anon_vma() is NULL for a KSM page), and the next pass breaks it.
     host = _merged(check=False)
     m = host.machine
-    kpage = _page(host, "p")
-    _reclaim(m, kpage)
+    kpage = region_page(host, "p")
+    reclaim_one(m, kpage)
     host.scan(1)
     host.read("p", "r")
-    assert _page(host, "p") is kpage
+    assert region_page(host, "p") is kpage
     assert PageKsm(kpage) and page_stable_node(kpage) is None
     assert (kpage.mapcount, kpage.count, m.vmstat["ksm_swpin_copy"]) == (1, 2, 0)
     host.scan(1)
-    mine = _page(host, "p")
+    mine = region_page(host, "p")
     assert mine is not kpage and not PageKsm(mine)
     assert mine.data == bytes([X]) * PAGE_SIZE
     assert (kpage.mapcount, kpage.count) == (0, 1)  # the swap cache's page, q's slot
@@ -247,14 +207,14 @@ def _orphan_mapped_by_fork_child() -> Machine:
     host.fork("p", "c")
     host.write("p", "r", 1)
     host.write("q", "r", 2)
-    _batches(host, 2)  # a quiescent point between ksmd batches, before ksmd reaches c
+    single_page_batches(host, 2)  # a quiescent point between ksmd batches, before ksmd reaches c
     return host.machine
 
 
 def _orphan_mapped_by_swap_in() -> Machine:
     host = _merged(check=False)
     m = host.machine
-    _reclaim(m, _page(host, "p"))
+    reclaim_one(m, region_page(host, "p"))
     host.scan(1)
     host.read("p", "r")
     return host.machine
@@ -270,18 +230,18 @@ def test_invariants_accept_pinned_orphan_ksm_page(build: object) -> None:
 def test_free_delay_counts_from_the_last_unmap() -> None:
     host = _merged()
     m = host.machine
-    kpage = _page(host, "p")
+    kpage = region_page(host, "p")
     m.clock_ns = 1 * NSEC
-    _reclaim(m, kpage)
+    reclaim_one(m, kpage)
     m.clock_ns = 2 * NSEC
     host.read("p", "r")
     host.read("q", "r")
     assert kpage.mapcount == 2  # in use again
     m.clock_ns = 3 * NSEC
-    _reclaim(m, kpage)
+    reclaim_one(m, kpage)
     assert m.vmstat["ksm_pages_unmapped"] == 2
     m.clock_ns = 4 * NSEC
     host.scan(1)
     m.clock_ns = 5 * NSEC
-    assert _reclaim(m, kpage) == 1
+    assert reclaim_one(m, kpage) == 1
     assert m.ksm_free_delays_ns == [2 * NSEC]

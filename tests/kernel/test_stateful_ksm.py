@@ -10,12 +10,10 @@ from the notes (sections 1-8) are checked.
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
 
 from hypothesis import strategies as st
 from hypothesis.stateful import (
-    RuleBasedStateMachine,
     initialize,
     invariant,
     precondition,
@@ -24,13 +22,13 @@ from hypothesis.stateful import (
 
 from ksmsim.kernel.invariants import check_all
 from ksmsim.kernel.ksm import SEQNR_MASK, STABLE_FLAG, UNSTABLE_FLAG, RmapItem, StableNode
-from ksmsim.kernel.memory import peek_user_page
 from ksmsim.kernel.mm import MMF_VM_MERGEABLE, pte_pfn, pte_present, pte_special
 from ksmsim.kernel.page import PAGE_MASK, PAGE_SIZE, PageKsm, page_stable_node
 from ksmsim.kernel.rbtree import rb_iter, validate_rbtree
 from ksmsim.kernel.rmap import AnonVma
-from ksmsim.workload.host import Host, RegionMap
+from ksmsim.workload.host import Host
 from ksmsim.workload.patterns import ZERO_PAGE_BYTES, page_bytes
+from tests.kernel.shadow_machine import ShadowedHostMachine, idx, write_byte
 
 MAX_PROCS = 4
 MAX_REGIONS = 4
@@ -40,23 +38,18 @@ OFFSETS = [0, 2048, 4095]
 PAGES_TO_SCAN = [1, 2, 3, 5, 10, 100]
 MAX_KERNEL_PAGES = [0, 1, 2, 500]
 
-idx = st.integers(0, 15)
 span = st.tuples(st.integers(0, 7), st.integers(1, 8))
 
 
-def _write_byte(data: bytes, offset: int, value: int) -> bytes:
-    return data[:offset] + bytes((value,)) + data[offset + 1 :]
-
-
-class KsmStateMachine(RuleBasedStateMachine):
+class KsmStateMachine(ShadowedHostMachine):
     """Processes, regions and ksmd batches on a small keyhole host."""
 
+    max_procs = MAX_PROCS
+    max_regions = MAX_REGIONS
+
     def __init__(self) -> None:
-        super().__init__()
-        self.host = Host("keyhole", ram_pages=2000, check=False)
+        super().__init__(Host("keyhole", ram_pages=2000, check=False))
         self.host.set_tunable("pages_to_scan", 3)
-        self.shadow: dict[tuple[str, int], bytes] = {}
-        self.names = itertools.count()
         self.max_sharing = 0
         self.max_shared = 0
         self.steps = 0
@@ -72,75 +65,20 @@ class KsmStateMachine(RuleBasedStateMachine):
             self.fill(pi, 0, (0, pages), pattern)
 
     # -- selection helpers ----------------------------------------------------------------------
-    def _procs(self) -> list[str]:
-        return sorted(self.host.procs)
-
-    def _proc(self, pi: int) -> str:
-        procs = self._procs()
-        return procs[pi % len(procs)]
-
-    def _region(self, pi: int, ri: int) -> tuple[str, RegionMap]:
-        procs = [p for p in self._procs() if self.host.procs[p].regions]
-        proc = procs[pi % len(procs)]
-        regions = self.host.procs[proc].regions
-        names = sorted(regions)
-        return proc, regions[names[ri % len(names)]]
-
-    @staticmethod
-    def _range(r: RegionMap, sp: tuple[int, int]) -> tuple[int, int]:
-        start = sp[0] % r.pages
-        return start, min(sp[1], r.pages - start)
-
     def _mapped(self, proc: str, addr: int) -> bool:
         vma = self.host.procs[proc].mm.find_vma(addr)
         return vma is not None and vma.vm_start <= addr
-
-    def _has_regions(self) -> bool:
-        return any(p.regions for p in self.host.procs.values())
-
-    # -- processes ------------------------------------------------------------------------------
-    @precondition(lambda self: len(self.host.procs) < MAX_PROCS)
-    @rule()
-    def spawn(self) -> None:
-        self.host.spawn(f"p{next(self.names)}")
-
-    @precondition(lambda self: 0 < len(self.host.procs) < MAX_PROCS)
-    @rule(pi=idx)
-    def fork(self, pi: int) -> None:
-        parent = self._proc(pi)
-        child = f"p{next(self.names)}"
-        self.host.fork(parent, child)
-        for (proc, addr), data in list(self.shadow.items()):
-            if proc == parent:
-                self.shadow[(child, addr)] = data
-
-    @precondition(lambda self: self.host.procs)
-    @rule(pi=idx)
-    def exit(self, pi: int) -> None:
-        proc = self._proc(pi)
-        self.host.exit(proc)
-        for key in [k for k in self.shadow if k[0] == proc]:
-            del self.shadow[key]
 
     # -- mappings -------------------------------------------------------------------------------
     @precondition(lambda self: self.host.procs)
     @rule(pi=idx, pages=st.integers(1, 8), mergeable=st.booleans())
     def mmap(self, pi: int, pages: int, mergeable: bool) -> None:
-        proc = self._proc(pi)
-        if len(self.host.procs[proc].regions) >= MAX_REGIONS:
-            return
-        r = self.host.mmap(proc, f"r{next(self.names)}", pages, mergeable=mergeable)
-        for i in range(pages):
-            self.shadow[(proc, r.page_address(i))] = ZERO_PAGE_BYTES
+        self._mmap(pi, pages, mergeable)
 
     @precondition(lambda self: self._has_regions())
     @rule(pi=idx, ri=idx, sp=span)
     def munmap(self, pi: int, ri: int, sp: tuple[int, int]) -> None:
-        proc, r = self._region(pi, ri)
-        start, count = self._range(r, sp)
-        self.host.munmap(proc, r.name, start=start, count=count)
-        for i in range(start, start + count):
-            self.shadow.pop((proc, r.page_address(i)), None)
+        self._munmap(pi, ri, sp)
 
     @precondition(lambda self: self._has_regions())
     @rule(
@@ -151,10 +89,10 @@ class KsmStateMachine(RuleBasedStateMachine):
     )
     def madvise(self, pi: int, ri: int, sp: tuple[int, int], advice: str) -> None:
         proc, r = self._region(pi, ri)
-        start, count = self._range(r, sp)
-        self.host.madvise(proc, r.name, advice, start=start, count=count)
+        pages = self._range(r, sp)
+        self.host.madvise(proc, r.name, advice, start=pages.start, count=len(pages))
         if advice == "dontneed":
-            for i in range(start, start + count):
+            for i in pages:
                 addr = r.page_address(i)
                 if self._mapped(proc, addr):
                     self.shadow[(proc, addr)] = ZERO_PAGE_BYTES
@@ -164,9 +102,9 @@ class KsmStateMachine(RuleBasedStateMachine):
     @rule(pi=idx, ri=idx, sp=span, pattern=st.sampled_from(PATTERNS))
     def fill(self, pi: int, ri: int, sp: tuple[int, int], pattern: int | str) -> None:
         proc, r = self._region(pi, ri)
-        start, count = self._range(r, sp)
-        self.host.fill(proc, r.name, pattern, start=start, count=count)
-        for i in range(start, start + count):
+        pages = self._range(r, sp)
+        self.host.fill(proc, r.name, pattern, start=pages.start, count=len(pages))
+        for i in pages:
             addr = r.page_address(i)
             if self._mapped(proc, addr):
                 self.shadow[(proc, addr)] = page_bytes(pattern, i, proc=proc, region=r.name)
@@ -184,19 +122,21 @@ class KsmStateMachine(RuleBasedStateMachine):
         self, pi: int, ri: int, sp: tuple[int, int], stride: int, value: int, offset: int
     ) -> None:
         proc, r = self._region(pi, ri)
-        start, count = self._range(r, sp)
-        self.host.write(proc, r.name, value, offset=offset, start=start, count=count, stride=stride)
-        for i in range(start, start + count, stride):
+        pages = self._range(r, sp)
+        self.host.write(
+            proc, r.name, value, offset=offset, start=pages.start, count=len(pages), stride=stride
+        )
+        for i in pages[::stride]:
             addr = r.page_address(i)
             if self._mapped(proc, addr):
-                self.shadow[(proc, addr)] = _write_byte(self.shadow[(proc, addr)], offset, value)
+                self.shadow[(proc, addr)] = write_byte(self.shadow[(proc, addr)], offset, value)
 
     @precondition(lambda self: self._has_regions())
     @rule(pi=idx, ri=idx, sp=span)
     def read(self, pi: int, ri: int, sp: tuple[int, int]) -> None:
         proc, r = self._region(pi, ri)
-        start, count = self._range(r, sp)
-        self.host.read(proc, r.name, start=start, count=count)
+        pages = self._range(r, sp)
+        self.host.read(proc, r.name, start=pages.start, count=len(pages))
 
     # -- KSM ------------------------------------------------------------------------------------
     @rule(value=st.sampled_from(PAGES_TO_SCAN))
@@ -230,26 +170,6 @@ class KsmStateMachine(RuleBasedStateMachine):
         c = self.host.counters()
         self.max_sharing = max(self.max_sharing, c["pages_sharing"])
         self.max_shared = max(self.max_shared, c["pages_shared"])
-
-    @invariant()
-    def memory_reads_back_its_shadow(self) -> None:
-        for name, proc in self.host.procs.items():
-            mm = proc.mm
-            seen: set[int] = set()
-            for r in proc.regions.values():
-                for i in range(r.pages):
-                    addr = r.page_address(i)
-                    if addr in seen:
-                        continue
-                    seen.add(addr)
-                    expected = self.shadow.get((name, addr))
-                    actual = peek_user_page(mm, addr)
-                    assert actual == expected, (
-                        f"{name}:{r.name}[{i}] at {addr:#x} reads "
-                        f"{_describe(actual)}, expected {_describe(expected)}"
-                    )
-        live = set(self.host.procs)
-        assert all(proc in live for proc, _ in self.shadow)
 
     @invariant()
     def ksm_structure(self) -> None:
@@ -329,14 +249,6 @@ class KsmStateMachine(RuleBasedStateMachine):
                 i.address & UNSTABLE_FLAG and (scan.seqnr - i.address) & SEQNR_MASK == 0
                 for i in items
             ), "between passes no item can belong to a pass not yet started"
-
-
-def _describe(data: bytes | None) -> str:
-    if data is None:
-        return "nothing (unmapped)"
-    common = Counter(data).most_common(1)[0][0]
-    diffs = [(i, b) for i, b in enumerate(data) if b != common][:4]
-    return f"{common:#04x}-filled page, differing at {diffs}"
 
 
 TestKsmStateMachine = KsmStateMachine.TestCase

@@ -11,13 +11,10 @@ compared, wherever it is. The model's own invariants (``check_all``) are checked
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
-    RuleBasedStateMachine,
     initialize,
     invariant,
     precondition,
@@ -25,11 +22,11 @@ from hypothesis.stateful import (
 )
 
 from ksmsim.kernel.invariants import check_all
-from ksmsim.kernel.memory import peek_user_page
 from ksmsim.kernel.mm import is_swap_pte, pte_pfn, pte_present, pte_special
 from ksmsim.kernel.page import PageKsm
-from ksmsim.workload.host import Host, RegionMap
-from ksmsim.workload.patterns import ZERO_PAGE_BYTES, page_bytes
+from ksmsim.workload.host import Host
+from ksmsim.workload.patterns import page_bytes
+from tests.kernel.shadow_machine import ShadowedHostMachine, idx, write_byte
 
 RAM_PAGES = 300
 SWAP_PAGES = 2000
@@ -44,27 +41,20 @@ VALUES = [0x00, 0x5A, 0xA5]
 OFFSETS = [0, 2048, 4095]
 PAGES_TO_SCAN = [5, 25, 100]
 
-idx = st.integers(0, 15)
 span = st.tuples(st.integers(0, 9), st.integers(1, 10))
 
-Shadow = dict[tuple[str, int], bytes]
 
-
-def _write_byte(data: bytes, offset: int, value: int) -> bytes:
-    return data[:offset] + bytes((value,)) + data[offset + 1 :]
-
-
-class ReclaimStateMachine(RuleBasedStateMachine):
+class ReclaimStateMachine(ShadowedHostMachine):
     """Processes, pressure, swap, migration and ksmd on a small host of one profile."""
 
     kernel = "keyhole"
 
+    max_procs = MAX_PROCS
+    max_regions = MAX_REGIONS
+
     def __init__(self) -> None:
-        super().__init__()
-        self.host = Host(self.kernel, ram_pages=RAM_PAGES, swap_pages=SWAP_PAGES, check=False)
+        super().__init__(Host(self.kernel, ram_pages=RAM_PAGES, swap_pages=SWAP_PAGES, check=False))
         self.host.set_tunable("pages_to_scan", 25)
-        self.shadow: Shadow = {}
-        self.names = itertools.count()
         self.pressure_left = PRESSURE_BUDGET
         self.migrated = 0
 
@@ -88,66 +78,16 @@ class ReclaimStateMachine(RuleBasedStateMachine):
             self.pressure(pages)
 
     # -- selection helpers ----------------------------------------------------------------------
-    def _proc(self, pi: int) -> str:
-        procs = sorted(self.host.procs)
-        return procs[pi % len(procs)]
-
-    def _region(self, pi: int, ri: int) -> tuple[str, RegionMap]:
-        procs = sorted(p for p in self.host.procs if self.host.procs[p].regions)
-        proc = procs[pi % len(procs)]
-        regions = self.host.procs[proc].regions
-        return proc, regions[sorted(regions)[ri % len(regions)]]
-
-    @staticmethod
-    def _range(r: RegionMap, sp: tuple[int, int]) -> range:
-        start = sp[0] % r.pages
-        return range(start, start + min(sp[1], r.pages - start))
-
-    def _has_regions(self) -> bool:
-        return any(p.regions for p in self.host.procs.values())
-
-    # -- processes and mappings -----------------------------------------------------------------
-    @precondition(lambda self: len(self.host.procs) < MAX_PROCS)
-    @rule()
-    def spawn(self) -> None:
-        self.host.spawn(f"p{next(self.names)}")
-
-    @precondition(lambda self: 0 < len(self.host.procs) < MAX_PROCS)
-    @rule(pi=idx)
-    def fork(self, pi: int) -> None:
-        parent = self._proc(pi)
-        child = f"p{next(self.names)}"
-        self.host.fork(parent, child)
-        for (proc, addr), data in list(self.shadow.items()):
-            if proc == parent:
-                self.shadow[(child, addr)] = data
-
-    @precondition(lambda self: self.host.procs)
-    @rule(pi=idx)
-    def exit(self, pi: int) -> None:
-        proc = self._proc(pi)
-        self.host.exit(proc)
-        for key in [k for k in self.shadow if k[0] == proc]:
-            del self.shadow[key]
-
+    # -- mappings -------------------------------------------------------------------------------
     @precondition(lambda self: self.host.procs)
     @rule(pi=idx, pages=st.integers(1, 10), mergeable=st.booleans())
     def mmap(self, pi: int, pages: int, mergeable: bool) -> None:
-        proc = self._proc(pi)
-        if len(self.host.procs[proc].regions) >= MAX_REGIONS:
-            return
-        r = self.host.mmap(proc, f"r{next(self.names)}", pages, mergeable=mergeable)
-        for i in range(pages):
-            self.shadow[(proc, r.page_address(i))] = ZERO_PAGE_BYTES
+        self._mmap(pi, pages, mergeable)
 
     @precondition(lambda self: self._has_regions())
     @rule(pi=idx, ri=idx, sp=span)
     def munmap(self, pi: int, ri: int, sp: tuple[int, int]) -> None:
-        proc, r = self._region(pi, ri)
-        pages = self._range(r, sp)
-        self.host.munmap(proc, r.name, start=pages.start, count=len(pages))
-        for i in pages:
-            self.shadow.pop((proc, r.page_address(i)), None)
+        self._munmap(pi, ri, sp)
 
     # -- memory access --------------------------------------------------------------------------
     @precondition(lambda self: self._has_regions())
@@ -176,7 +116,7 @@ class ReclaimStateMachine(RuleBasedStateMachine):
         for i in pages:
             key = (proc, r.page_address(i))
             if key in self.shadow:
-                self.shadow[key] = _write_byte(self.shadow[key], offset, value)
+                self.shadow[key] = write_byte(self.shadow[key], offset, value)
 
     @precondition(lambda self: self._has_regions())
     @rule(pi=idx, ri=idx, sp=span)
@@ -239,23 +179,6 @@ class ReclaimStateMachine(RuleBasedStateMachine):
     @invariant()
     def model_invariants(self) -> None:
         check_all(self.host.machine)
-
-    @invariant()
-    def memory_reads_back_its_shadow(self) -> None:
-        for name, proc in self.host.procs.items():
-            seen: set[int] = set()
-            for r in proc.regions.values():
-                for i in range(r.pages):
-                    addr = r.page_address(i)
-                    if addr in seen:
-                        continue
-                    seen.add(addr)
-                    actual = peek_user_page(proc.mm, addr)
-                    assert actual == self.shadow.get((name, addr)), (
-                        f"{name}:{r.name}[{i}] at {addr:#x} does not read back its contents"
-                    )
-        live = set(self.host.procs)
-        assert all(proc in live for proc, _ in self.shadow)
 
     def teardown(self) -> None:
         vmstat = self.host.machine.vmstat

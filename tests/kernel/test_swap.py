@@ -1,6 +1,6 @@
 """Tests for swap: slots, the swap cache, pageout, do_swap_page and KSM pages going to swap.
 
-The machine-level tests drive reclaim's own functions on one page at a time (``_swap_out``
+The machine-level tests drive reclaim's own functions on one page at a time (``reclaim_one``
 clears the young bits and hands the page to shrink_page_list, as reclaim does once the page
 has aged), so every count, flag, pte and slot can be asserted exactly. The KSM tests follow
 the notes' section 9: try_to_unmap through the stable node's items in two rounds, and
@@ -14,7 +14,9 @@ import pytest
 from ksmsim.kernel.invariants import check_all
 from ksmsim.kernel.machine import Machine, MachineConfig
 from ksmsim.kernel.memory import (
+    VM_FAULT_OOM,
     FaultError,
+    handle_mm_fault,
     peek_user_page,
     read_user_byte,
     write_user_bytes,
@@ -30,7 +32,6 @@ from ksmsim.kernel.mm import (
 )
 from ksmsim.kernel.mmap import do_mmap_anon, do_munmap
 from ksmsim.kernel.page import (
-    PAGE_SIZE,
     Page,
     PageAnon,
     PageKsm,
@@ -54,47 +55,21 @@ from ksmsim.kernel.vmscan import (
     SWAP_SUCCESS,
     page_referenced,
     pageout,
-    shrink_page_list,
     try_to_unmap,
 )
 from ksmsim.workload.host import Host
+from tests.helpers import (
+    P,
+    filled,
+    mapped_page,
+    merged_host,
+    process_with_pages,
+    reclaim_one,
+    region_page,
+    small_machine,
+)
 
-P = PAGE_SIZE
-
-
-def _data(byte: int) -> bytes:
-    return bytes([byte]) * PAGE_SIZE
-
-
-def _machine(swap: int = 16, ram: int = 128) -> Machine:
-    # 128 pages: the min watermark is 32 (min_free_kbytes clamps at 128 KiB), so up to 96
-    # allocations never reach reclaim and every step below is one explicit call.
-    return Machine(KEYHOLE, MachineConfig(ram_pages=ram, swap_pages=swap))
-
-
-def _process(m: Machine, name: str, pages: list[int]) -> tuple[MmStruct, int]:
-    """A process with one area whose pages hold the given bytes (one full page each)."""
-    mm = m.new_process(name)
-    addr = do_mmap_anon(mm, len(pages) * P)
-    for i, byte in enumerate(pages):
-        write_user_bytes(mm, addr + i * P, _data(byte))
-    return mm, addr
-
-
-def _page(mm: MmStruct, addr: int) -> Page:
-    pte = mm.pte_get(addr)
-    assert pte_present(pte)
-    page = mm.machine.zone.mem_map[pte_pfn(pte)]
-    assert page is not None
-    return page
-
-
-def _swap_out(m: Machine, page: Page) -> int:
-    """Age one page and reclaim it alone: clear its young bits, isolate it, shrink_page_list."""
-    page_referenced(m, page)
-    m.lru.remove(page)
-    page.count += 1  # reclaim's isolation reference
-    return shrink_page_list(m, [page])
+X = 0x5A
 
 
 def _slot(mm: MmStruct, addr: int) -> int:
@@ -119,7 +94,7 @@ def test_swap_info_slot_is_free_only_without_ptes_and_cache() -> None:
     swap = SwapInfo(3)
     for _ in range(3):
         swap.get_swap_page()
-    swap.data[2] = _data(2)
+    swap.data[2] = filled(2)
     swap.swap_duplicate(2)
     swap.swap_duplicate(2)
     assert swap.page_swapcount(2) == 2
@@ -147,9 +122,9 @@ def test_swap_info_without_slots_and_vm_swap_full() -> None:
 
 
 def test_add_to_swap_gives_a_cached_dirty_slot() -> None:
-    m = _machine(swap=4)
-    mm, a = _process(m, "a", [0x11])
-    page = _page(mm, a)
+    m = small_machine(swap=4)
+    mm, a = process_with_pages(m, "a", [0x11])
+    page = mapped_page(mm, a)
     assert page.count == 1
     assert add_to_swap(m, page)
     assert page.flags & (PG_swapcache | PG_dirty) == PG_swapcache | PG_dirty
@@ -159,7 +134,7 @@ def test_add_to_swap_gives_a_cached_dirty_slot() -> None:
     assert (m.swap.has_cache[1], m.swap.swap_map[1], m.swap.inuse_pages) == (1, 0, 1)
     assert 1 not in m.swap.data
     pageout(m, page)
-    assert m.swap.data[1] == _data(0x11)
+    assert m.swap.data[1] == filled(0x11)
     assert not page.flags & PG_dirty
     assert m.vmstat["pswpout"] == 1
     check_all(m)
@@ -167,20 +142,20 @@ def test_add_to_swap_gives_a_cached_dirty_slot() -> None:
 
 def test_add_to_swap_fails_without_swap_or_free_slot() -> None:
     m = Machine(KEYHOLE, MachineConfig(ram_pages=128))
-    mm, a = _process(m, "a", [1])
+    mm, a = process_with_pages(m, "a", [1])
     assert m.swap is None
-    assert not add_to_swap(m, _page(mm, a))
-    m = _machine(swap=1)
-    mm, a = _process(m, "a", [1, 2])
-    assert add_to_swap(m, _page(mm, a))
-    assert not add_to_swap(m, _page(mm, a + P))
-    assert not _page(mm, a + P).flags & PG_swapcache
+    assert not add_to_swap(m, mapped_page(mm, a))
+    m = small_machine(swap=1)
+    mm, a = process_with_pages(m, "a", [1, 2])
+    assert add_to_swap(m, mapped_page(mm, a))
+    assert not add_to_swap(m, mapped_page(mm, a + P))
+    assert not mapped_page(mm, a + P).flags & PG_swapcache
 
 
 def test_delete_from_swap_cache_frees_slot_and_drops_reference() -> None:
-    m = _machine(swap=4)
-    mm, a = _process(m, "a", [1])
-    page = _page(mm, a)
+    m = small_machine(swap=4)
+    mm, a = process_with_pages(m, "a", [1])
+    page = mapped_page(mm, a)
     add_to_swap(m, page)
     delete_from_swap_cache(m, page)
     assert m.swap is not None
@@ -193,30 +168,30 @@ def test_delete_from_swap_cache_frees_slot_and_drops_reference() -> None:
 
 
 def test_reclaim_writes_page_to_swap_and_frees_frame() -> None:
-    m = _machine(swap=4)
-    mm, a = _process(m, "a", [0x42])
-    page = _page(mm, a)
+    m = small_machine(swap=4)
+    mm, a = process_with_pages(m, "a", [0x42])
+    page = mapped_page(mm, a)
     nr_free = m.zone.nr_free
-    assert _swap_out(m, page) == 1
+    assert reclaim_one(m, page) == 1
     assert mm.pte_get(a) == swp_entry_to_pte(1)
     assert m.swap is not None
     assert (m.swap.swap_map[1], m.swap.has_cache[1], m.swap.inuse_pages) == (1, 0, 1)
-    assert m.swap.data[1] == _data(0x42)
+    assert m.swap.data[1] == filled(0x42)
     assert m.swap_cache == {}
     assert m.zone.is_free(page) and page.data is None
     assert m.zone.nr_free == nr_free + 1
     assert (mm.anon_rss, m.nr_anon_pages, len(m.lru)) == (0, 0, 0)
     assert m.vmstat["pswpout"] == 1
-    assert peek_user_page(mm, a) == _data(0x42)
+    assert peek_user_page(mm, a) == filled(0x42)
     check_all(m)
 
 
 def test_read_fault_on_swap_entry_misses_cache_and_reads_slot() -> None:
-    m = _machine(swap=4)
-    mm, a = _process(m, "a", [0x42])
-    _swap_out(m, _page(mm, a))
+    m = small_machine(swap=4)
+    mm, a = process_with_pages(m, "a", [0x42])
+    reclaim_one(m, mapped_page(mm, a))
     assert read_user_byte(mm, a + 7) == 0x42
-    page = _page(mm, a)
+    page = mapped_page(mm, a)
     pte = mm.pte_get(a)
     assert not pte_write(pte) and not pte_dirty(pte)
     assert (m.vmstat["pgmajfault"], m.vmstat["pswpin"]) == (1, 1)
@@ -228,7 +203,7 @@ def test_read_fault_on_swap_entry_misses_cache_and_reads_slot() -> None:
     assert PageAnon(page) and not PageKsm(page)
     [vma] = mm.mmap
     assert page_anon_vma(page) is vma.anon_vma
-    assert page.data == _data(0x42)
+    assert page.data == filled(0x42)
     # A page read from swap goes on the inactive list.
     assert page.flags & (PG_lru | PG_active) == PG_lru
     assert page in m.lru.inactive
@@ -237,16 +212,16 @@ def test_read_fault_on_swap_entry_misses_cache_and_reads_slot() -> None:
 
 
 def test_read_fault_hits_page_still_in_swap_cache() -> None:
-    m = _machine(swap=4)
-    mm, a = _process(m, "a", [0x42])
-    page = _page(mm, a)
+    m = small_machine(swap=4)
+    mm, a = process_with_pages(m, "a", [0x42])
+    page = mapped_page(mm, a)
     # Unmapped but not yet freed: add_to_swap and try_to_unmap without the pageout.
     assert add_to_swap(m, page)
     assert try_to_unmap(m, page) == SWAP_SUCCESS
     assert (page.count, page.mapcount) == (1, 0)
     assert mm.pte_get(a) == swp_entry_to_pte(1)
     assert read_user_byte(mm, a) == 0x42
-    assert _page(mm, a) is page
+    assert mapped_page(mm, a) is page
     assert (m.vmstat["pgmajfault"], m.vmstat["pswpin"]) == (0, 0)
     assert (page.count, page.mapcount) == (2, 1)
     assert m.swap is not None
@@ -255,11 +230,11 @@ def test_read_fault_hits_page_still_in_swap_cache() -> None:
 
 
 def test_write_fault_of_last_user_reuses_page_and_frees_slot() -> None:
-    m = _machine(swap=4)
-    mm, a = _process(m, "a", [0x42])
-    _swap_out(m, _page(mm, a))
+    m = small_machine(swap=4)
+    mm, a = process_with_pages(m, "a", [0x42])
+    reclaim_one(m, mapped_page(mm, a))
     write_user_bytes(mm, a + 1, b"\x99")
-    page = _page(mm, a)
+    page = mapped_page(mm, a)
     pte = mm.pte_get(a)
     assert pte_write(pte) and pte_dirty(pte)
     assert m.vmstat["pgmajfault"] == 1
@@ -270,34 +245,34 @@ def test_write_fault_of_last_user_reuses_page_and_frees_slot() -> None:
     assert (m.swap.swap_map[1], m.swap.has_cache[1], m.swap.inuse_pages) == (0, 0, 0)
     assert m.swap.data == {}
     assert (page.count, page.mapcount) == (1, 1)
-    assert page.data == _data(0x42)[:1] + b"\x99" + _data(0x42)[2:]
+    assert page.data == filled(0x42)[:1] + b"\x99" + filled(0x42)[2:]
     check_all(m)
 
 
 def test_fork_duplicates_swap_entries() -> None:
-    m = _machine(swap=4)
-    mm, a = _process(m, "parent", [0x42, 0x43])
-    _swap_out(m, _page(mm, a))
+    m = small_machine(swap=4)
+    mm, a = process_with_pages(m, "parent", [0x42, 0x43])
+    reclaim_one(m, mapped_page(mm, a))
     child = m.fork(mm, "child")
     assert child.pte_get(a) == mm.pte_get(a) == swp_entry_to_pte(1)
     assert m.swap is not None
     assert m.swap.swap_map[1] == 2
     assert child.anon_rss == 1  # only the present page
-    assert peek_user_page(child, a) == _data(0x42)
+    assert peek_user_page(child, a) == filled(0x42)
     check_all(m)
 
 
 def test_write_fault_with_shared_slot_copies_and_leaves_cache_page() -> None:
-    m = _machine(swap=4)
-    mm, a = _process(m, "parent", [0x42])
-    _swap_out(m, _page(mm, a))
+    m = small_machine(swap=4)
+    mm, a = process_with_pages(m, "parent", [0x42])
+    reclaim_one(m, mapped_page(mm, a))
     child = m.fork(mm, "child")
     write_user_bytes(mm, a, b"\x01")
     assert m.swap is not None
     # The parent's fault read the slot into the cache, mapped it read-only (the child still
     # refers to the slot, so no reuse), then copied it on the write.
     [cached] = m.swap_cache.values()
-    mine = _page(mm, a)
+    mine = mapped_page(mm, a)
     assert mine is not cached
     assert pte_write(mm.pte_get(a))
     assert (mine.count, mine.mapcount, mine.flags & PG_swapcache) == (1, 1, 0)
@@ -306,16 +281,16 @@ def test_write_fault_with_shared_slot_copies_and_leaves_cache_page() -> None:
     assert m.vmstat["pgmajfault"] == 1
     # The child's read now hits the cache: no second major fault.
     assert read_user_byte(child, a) == 0x42
-    assert _page(child, a) is cached
+    assert mapped_page(child, a) is cached
     assert (cached.count, cached.mapcount, m.swap.swap_map[1]) == (2, 1, 0)
     assert m.vmstat["pgmajfault"] == 1
     check_all(m)
 
 
 def test_munmap_of_swap_pte_frees_its_slot() -> None:
-    m = _machine(swap=4)
-    mm, a = _process(m, "a", [0x42, 0x43])
-    _swap_out(m, _page(mm, a))
+    m = small_machine(swap=4)
+    mm, a = process_with_pages(m, "a", [0x42, 0x43])
+    reclaim_one(m, mapped_page(mm, a))
     assert m.swap is not None and m.swap.inuse_pages == 1
     do_munmap(mm, a, P)
     assert mm.pte_get(a) == 0
@@ -325,9 +300,9 @@ def test_munmap_of_swap_pte_frees_its_slot() -> None:
 
 
 def test_zap_frees_unmapped_swap_cache_page() -> None:
-    m = _machine(swap=4)
-    mm, a = _process(m, "a", [0x42])
-    page = _page(mm, a)
+    m = small_machine(swap=4)
+    mm, a = process_with_pages(m, "a", [0x42])
+    page = mapped_page(mm, a)
     add_to_swap(m, page)
     try_to_unmap(m, page)
     nr_free = m.zone.nr_free
@@ -346,12 +321,12 @@ def test_zap_keeps_mapped_swap_cache_page_unless_swap_full(
 ) -> None:
     # Parent and child share a slot; the parent reads it back (the page is mapped and cached),
     # then the child's swap pte is zapped by its exit.
-    m = _machine(swap=nr_slots)
-    mm, a = _process(m, "parent", [0x42])
-    _swap_out(m, _page(mm, a))
+    m = small_machine(swap=nr_slots)
+    mm, a = process_with_pages(m, "parent", [0x42])
+    reclaim_one(m, mapped_page(mm, a))
     child = m.fork(mm, "child")
     read_user_byte(mm, a)
-    page = _page(mm, a)
+    page = mapped_page(mm, a)
     assert m.swap is not None
     # Even with swap full the swap-in could not free the slot: the child's pte needs it.
     assert (m.swap.swap_map[1], m.swap.has_cache[1]) == (1, 1)
@@ -367,10 +342,10 @@ def test_zap_keeps_mapped_swap_cache_page_unless_swap_full(
 
 
 def test_exit_frees_every_swap_slot() -> None:
-    m = _machine(swap=8)
-    mm, a = _process(m, "a", [1, 2, 3])
+    m = small_machine(swap=8)
+    mm, a = process_with_pages(m, "a", [1, 2, 3])
     for i in range(3):
-        _swap_out(m, _page(mm, a + i * P))
+        reclaim_one(m, mapped_page(mm, a + i * P))
     assert m.swap is not None and m.swap.inuse_pages == 3
     m.exit(mm)
     assert m.swap.inuse_pages == 0
@@ -381,14 +356,14 @@ def test_exit_frees_every_swap_slot() -> None:
 
 @pytest.mark.parametrize(("nr_slots", "full"), [(2, True), (8, False)])
 def test_swap_in_frees_swap_when_swap_is_full(nr_slots: int, full: bool) -> None:
-    m = _machine(swap=nr_slots)
-    mm, a = _process(m, "a", [1, 2])
-    _swap_out(m, _page(mm, a))
-    _swap_out(m, _page(mm, a + P))
+    m = small_machine(swap=nr_slots)
+    mm, a = process_with_pages(m, "a", [1, 2])
+    reclaim_one(m, mapped_page(mm, a))
+    reclaim_one(m, mapped_page(mm, a + P))
     assert m.swap is not None
     assert m.swap.vm_swap_full() == full
     read_user_byte(mm, a)
-    page = _page(mm, a)
+    page = mapped_page(mm, a)
     # vm_swap_full(): try_to_free_swap() drops the cache's slot at once, leaving the page
     # dirty (its only copy is in memory now).
     assert bool(page.flags & PG_swapcache) == (not full)
@@ -399,12 +374,12 @@ def test_swap_in_frees_swap_when_swap_is_full(nr_slots: int, full: bool) -> None
 
 
 def test_try_to_free_swap_needs_no_swap_pte_left() -> None:
-    m = _machine(swap=4)
-    mm, a = _process(m, "parent", [1])
-    _swap_out(m, _page(mm, a))
+    m = small_machine(swap=4)
+    mm, a = process_with_pages(m, "parent", [1])
+    reclaim_one(m, mapped_page(mm, a))
     child = m.fork(mm, "child")
     read_user_byte(mm, a)
-    page = _page(mm, a)
+    page = mapped_page(mm, a)
     assert not try_to_free_swap(m, page)  # the child's pte still refers to the slot
     read_user_byte(child, a)
     assert try_to_free_swap(m, page)
@@ -416,9 +391,9 @@ def test_try_to_free_swap_needs_no_swap_pte_left() -> None:
 
 
 def test_free_swap_and_cache_of_last_reference() -> None:
-    m = _machine(swap=4)
-    mm, a = _process(m, "a", [1])
-    page = _page(mm, a)
+    m = small_machine(swap=4)
+    mm, a = process_with_pages(m, "a", [1])
+    page = mapped_page(mm, a)
     add_to_swap(m, page)
     assert m.swap is not None
     m.swap.swap_duplicate(1)  # a pte that is about to be zapped
@@ -429,19 +404,19 @@ def test_free_swap_and_cache_of_last_reference() -> None:
 
 
 def test_peek_user_page_reads_swapped_contents() -> None:
-    m = _machine(swap=4)
-    mm, a = _process(m, "a", [0x61, 0x62])
-    page = _page(mm, a + P)
-    _swap_out(m, _page(mm, a))
+    m = small_machine(swap=4)
+    mm, a = process_with_pages(m, "a", [0x61, 0x62])
+    page = mapped_page(mm, a + P)
+    reclaim_one(m, mapped_page(mm, a))
     # From the slot: the page is gone from memory.
     assert m.swap_cache == {}
-    assert peek_user_page(mm, a) == _data(0x61)
+    assert peek_user_page(mm, a) == filled(0x61)
     # From the swap cache: unmapped but still cached.
     add_to_swap(m, page)
     try_to_unmap(m, page)
     assert m.swap is not None and 2 not in m.swap.data  # never written out
-    assert peek_user_page(mm, a + P) == _data(0x62)
-    assert m.swap_peek(mm.pte_get(a + P)) == _data(0x62)
+    assert peek_user_page(mm, a + P) == filled(0x62)
+    assert m.swap_peek(mm.pte_get(a + P)) == filled(0x62)
     # Peeking changes nothing.
     assert is_swap_pte(mm.pte_get(a)) and is_swap_pte(mm.pte_get(a + P))
     assert m.vmstat["pgmajfault"] == 0
@@ -449,15 +424,71 @@ def test_peek_user_page_reads_swapped_contents() -> None:
 
 
 def test_reclaim_with_swap_full_keeps_page_active() -> None:
-    m = _machine(swap=1)
-    mm, a = _process(m, "a", [1, 2])
-    _swap_out(m, _page(mm, a))
-    page = _page(mm, a + P)
-    assert _swap_out(m, page) == 0
+    m = small_machine(swap=1)
+    mm, a = process_with_pages(m, "a", [1, 2])
+    reclaim_one(m, mapped_page(mm, a))
+    page = mapped_page(mm, a + P)
+    assert reclaim_one(m, page) == 0
     assert page.flags & (PG_lru | PG_active) == PG_lru | PG_active
     assert not page.flags & PG_swapcache
     assert pte_present(mm.pte_get(a + P))
     assert (page.count, page.mapcount) == (1, 1)
+    check_all(m)
+
+
+def test_write_fault_on_shared_slot_resolves_with_swap_full_below_min() -> None:
+    # Regression: with swap full and free memory at the min watermark, the copy's allocation in
+    # do_wp_page ran direct reclaim, which unmapped the swap-cache page just mapped read-only
+    # (and could free nothing): the fault met the same swap entry on every retry and never
+    # resolved. With no free slot the kernel does not scan anonymous pages at all.
+    m = small_machine(swap=1)
+    assert m.swap is not None
+    mm, a = process_with_pages(m, "parent", [0x42])
+    assert reclaim_one(m, mapped_page(mm, a)) == 1
+    child = m.fork(mm, "child")
+    assert (m.swap.nr_free(), m.swap.swap_map[1]) == (0, 2)
+    other = m.new_process("other")
+    b = do_mmap_anon(other, 128 * P)
+    wmin = m.watermarks[0]
+    n = 0
+    while m.zone.nr_free > wmin:
+        write_user_bytes(other, b + n * P, filled(n))
+        n += 1
+    write_user_bytes(mm, a, b"\x01")
+    mine = mapped_page(mm, a)
+    [cached] = m.swap_cache.values()
+    assert mine is not cached and pte_write(mm.pte_get(a))
+    assert mine.data == b"\x01" + filled(0x42)[1:]
+    assert (cached.count, cached.mapcount, m.swap.swap_map[1]) == (1, 0, 1)
+    # Both allocations (the swap-in and the copy) stalled at min, and reclaim touched nothing.
+    assert m.vmstat["allocstall"] == 2 and m.vmstat["pgsteal_direct"] == 0
+    assert all(pte_present(other.pte_get(b + i * P)) for i in range(n))
+    assert m.zone.nr_free == wmin - 2 and not m.oom_events
+    assert peek_user_page(child, a) == filled(0x42)
+    check_all(m)
+
+
+def test_swap_in_whose_copy_fails_returns_oom_alone() -> None:
+    # do_swap_page(): the swap-in takes the last free frame (a major fault), the write's copy
+    # finds none; the kernel returns the error bits alone, so VM_FAULT_MAJOR is dropped.
+    m = small_machine(swap=1)
+    mm, a = process_with_pages(m, "parent", [0x42])
+    assert reclaim_one(m, mapped_page(mm, a)) == 1
+    m.fork(mm, "child")
+    other = m.new_process("other")
+    b = do_mmap_anon(other, 128 * P)
+    n = 0
+    while m.zone.nr_free > 1:
+        write_user_bytes(other, b + n * P, filled(n))
+        n += 1
+    vma = mm.find_vma(a)
+    assert vma is not None
+    assert handle_mm_fault(vma, a, write=True) == VM_FAULT_OOM
+    assert m.vmstat["pgmajfault"] == 1 and m.zone.nr_free == 0
+    # The page stays mapped read-only from the swap cache, so a read now succeeds.
+    assert not pte_write(mm.pte_get(a)) and read_user_byte(mm, a) == 0x42
+    with pytest.raises(FaultError, match="fault error 0x1 "):
+        write_user_bytes(mm, a, b"\x01")
     check_all(m)
 
 
@@ -478,12 +509,12 @@ def test_swap_full_pressure_ends_in_oom_event() -> None:
 
 
 def test_user_write_after_oom_raises_fault_error() -> None:
-    m = _machine(swap=1, ram=64)
+    m = small_machine(swap=1, ram=64)
     mm = m.new_process("a")
     a = do_mmap_anon(mm, 80 * P)
     with pytest.raises(FaultError, match="fault error 0x1"):
         for i in range(80):
-            write_user_bytes(mm, a + i * P, _data(i))
+            write_user_bytes(mm, a + i * P, filled(i))
     [oom] = m.oom_events
     assert (oom.pid, oom.name) == (mm.pid, "a")
     assert m.zone.nr_free == 0
@@ -492,23 +523,6 @@ def test_user_write_after_oom_raises_fault_error() -> None:
 
 
 # -- KSM pages and swap (notes section 9) ------------------------------------------------------
-
-
-def _merged_host(kernel: str, names: str = "pq", swap: int = 64) -> Host:
-    """Processes each with one page of 0x5a, merged into one KSM page (two passes)."""
-    host = Host(kernel, ram_pages=200, swap_pages=swap, check=True)
-    for name in names:
-        host.spawn(name)
-        host.mmap(name, "r", 1)
-        host.fill(name, "r", 0x5A)
-    assert host.scan(2)
-    c = host.counters()
-    assert (c["pages_shared"], c["pages_sharing"]) == (1, len(names) - 1)
-    return host
-
-
-def _host_page(host: Host, proc: str) -> Page:
-    return _page(host.proc(proc).mm, host.region(proc, "r").address)
 
 
 def _addr(host: Host, proc: str) -> int:
@@ -520,9 +534,9 @@ def _walk(host: Host, page: Page) -> list[tuple[str, int]]:
 
 
 def test_try_to_unmap_ksm_page_finds_forked_child_in_second_round() -> None:
-    host = _merged_host("keyhole")
+    host = merged_host("keyhole", "pq", X)
     host.fork("p", "c")
-    kpage = _host_page(host, "p")
+    kpage = region_page(host, "p")
     assert PageKsm(kpage) and kpage.mapcount == 3
     addr = _addr(host, "p")
     node = page_stable_node(kpage)
@@ -547,8 +561,8 @@ def test_try_to_unmap_ksm_page_finds_forked_child_in_second_round() -> None:
 
 
 def test_try_to_unmap_fails_for_ksm_page_without_stable_node() -> None:
-    host = _merged_host("keyhole")
-    kpage = _host_page(host, "p")
+    host = merged_host("keyhole", "pq", X)
+    kpage = region_page(host, "p")
     node = page_stable_node(kpage)
     m = host.machine
     add_to_swap(m, kpage)
@@ -561,18 +575,18 @@ def test_try_to_unmap_fails_for_ksm_page_without_stable_node() -> None:
 
 @pytest.mark.parametrize("kernel", ["keyhole", "v2.6.33"])
 def test_swapin_after_ksm_page_freed_first_gets_it_others_copy(kernel: str) -> None:
-    host = _merged_host(kernel, "pqr")
+    host = merged_host(kernel, "pqr", X)
     m = host.machine
-    kpage = _host_page(host, "p")
+    kpage = region_page(host, "p")
     # Reclaim unmaps the KSM page through its stable node, writes it and frees it at once.
-    assert _swap_out(m, kpage) == 1
+    assert reclaim_one(m, kpage) == 1
     assert m.zone.is_free(kpage)
     slot = _slot(host.proc("p").mm, _addr(host, "p"))
     assert m.swap is not None and m.swap.swap_map[slot] == 3
     assert m.ksm_free_delays_ns == [0] and m.ksm_unmapped_at == {}
     # The first mapping to fault gets the page read from swap as its own anonymous page.
     host.read("p", "r")
-    first = _host_page(host, "p")
+    first = region_page(host, "p")
     p_vma = host.proc("p").mm.find_vma(_addr(host, "p"))
     assert p_vma is not None
     assert PageAnon(first) and not PageKsm(first)
@@ -582,9 +596,9 @@ def test_swapin_after_ksm_page_freed_first_gets_it_others_copy(kernel: str) -> N
     # Every other mapping (another anon_vma) gets a private copy; the cache page stays p's.
     host.read("q", "r")
     host.read("r", "r")
-    copies = [_host_page(host, n) for n in "qr"]
+    copies = [region_page(host, n) for n in "qr"]
     assert all(c is not first and not c.flags & PG_swapcache for c in copies)
-    assert all(not PageKsm(c) and c.data == _data(0x5A) for c in copies)
+    assert all(not PageKsm(c) and c.data == filled(X) for c in copies)
     assert (m.vmstat["pgmajfault"], m.vmstat["ksm_swpin_copy"]) == (1, 2)
     assert (first.count, first.mapcount) == (2, 1)
     assert (m.swap.swap_map[slot], m.swap.has_cache[slot]) == (0, 1)
@@ -601,9 +615,9 @@ def test_swapin_after_ksm_page_freed_first_gets_it_others_copy(kernel: str) -> N
 
 @pytest.mark.parametrize("kernel", ["keyhole", "v2.6.33"])
 def test_swapin_of_ksm_page_still_in_swap_cache_remaps_it(kernel: str) -> None:
-    host = _merged_host(kernel)
+    host = merged_host(kernel, "pq", X)
     m = host.machine
-    kpage = _host_page(host, "p")
+    kpage = region_page(host, "p")
     node = page_stable_node(kpage)
     assert add_to_swap(m, kpage)
     assert try_to_unmap(m, kpage) == SWAP_SUCCESS
@@ -612,7 +626,7 @@ def test_swapin_of_ksm_page_still_in_swap_cache_remaps_it(kernel: str) -> None:
     host.read("q", "r")
     # page_anon_vma() is NULL for a KSM page: it is simply mapped again, still KSM, and the
     # node's page is the same frame.
-    assert _host_page(host, "p") is kpage and _host_page(host, "q") is kpage
+    assert region_page(host, "p") is kpage and region_page(host, "q") is kpage
     assert PageKsm(kpage) and page_stable_node(kpage) is node and node.page is kpage
     assert (kpage.count, kpage.mapcount) == (3, 2)
     assert (m.vmstat["pgmajfault"], m.vmstat["ksm_swpin_copy"]) == (0, 0)
@@ -626,9 +640,9 @@ def test_swapin_of_ksm_page_still_in_swap_cache_remaps_it(kernel: str) -> None:
 
 @pytest.mark.parametrize("kernel", ["keyhole", "v2.6.33"])
 def test_write_after_ksm_swapin_still_copies(kernel: str) -> None:
-    host = _merged_host(kernel)
+    host = merged_host(kernel, "pq", X)
     m = host.machine
-    kpage = _host_page(host, "p")
+    kpage = region_page(host, "p")
     add_to_swap(m, kpage)
     try_to_unmap(m, kpage)
     assert m.swap is not None
@@ -636,7 +650,7 @@ def test_write_after_ksm_swapin_still_copies(kernel: str) -> None:
     # p: swap-in by a read, then a write: do_wp_page never reuses a KSM page.
     host.read("p", "r")
     host.write("p", "r", 1)
-    mine = _host_page(host, "p")
+    mine = region_page(host, "p")
     assert mine is not kpage and not PageKsm(mine)
     assert pte_write(host.proc("p").mm.pte_get(_addr(host, "p")))
     # q: a write fault straight on the swap entry: reuse_swap_page() refuses the KSM page
@@ -644,7 +658,7 @@ def test_write_after_ksm_swapin_still_copies(kernel: str) -> None:
     assert m.swap.swap_map[slot] == 1
     assert not reuse_swap_page(kpage, m)
     host.write("q", "r", 2)
-    theirs = _host_page(host, "q")
+    theirs = region_page(host, "q")
     assert theirs is not kpage and not PageKsm(theirs)
     assert m.vmstat["cow_ksm"] == 2
     assert m.vmstat["ksm_swpin_copy"] == 0
@@ -655,9 +669,9 @@ def test_write_after_ksm_swapin_still_copies(kernel: str) -> None:
 
 
 def test_reuse_swap_page_decisions() -> None:
-    m = _machine(swap=4)
-    mm, a = _process(m, "a", [1])
-    page = _page(mm, a)
+    m = small_machine(swap=4)
+    mm, a = process_with_pages(m, "a", [1])
+    page = mapped_page(mm, a)
     assert reuse_swap_page(page, m)  # mapped once, not in the swap cache
     add_to_swap(m, page)
     swap = m.swap

@@ -7,7 +7,7 @@ import pytest
 
 from ksmsim.kernel.invariants import check_all
 from ksmsim.kernel.machine import Machine, MachineConfig
-from ksmsim.kernel.memory import FaultError, peek_user_page, write_user_bytes
+from ksmsim.kernel.memory import FaultError, peek_user_page, read_user_byte, write_user_bytes
 from ksmsim.kernel.mm import (
     _PAGE_ACCESSED,
     VM_LOCKED,
@@ -22,6 +22,7 @@ from ksmsim.kernel.profile import KEYHOLE
 from ksmsim.kernel.vmscan import (
     Lru,
     balance_pgdat,
+    can_reclaim_anon_pages,
     isolate_lru_pages,
     page_referenced,
     shrink_active_list,
@@ -31,6 +32,7 @@ from ksmsim.kernel.vmscan import (
     watermarks,
 )
 from ksmsim.workload.host import Host, HostError
+from tests.helpers import mapped_page
 
 P = PAGE_SIZE
 
@@ -49,12 +51,6 @@ def _fill(m: Machine, n: int, name: str = "a") -> tuple[MmStruct, int]:
     for i in range(n):
         write_user_bytes(mm, a + i * P, _data(i))
     return mm, a
-
-
-def _page(mm: MmStruct, addr: int) -> Page:
-    page = mm.machine.zone.mem_map[mm.pte_get(addr) >> 12]
-    assert page is not None
-    return page
 
 
 # -- watermarks ------------------------------------------------------------------------------
@@ -99,7 +95,7 @@ def test_lru_add_and_remove() -> None:
 def test_new_pages_are_added_active_in_fault_order() -> None:
     m = _machine()
     mm, a = _fill(m, 3)
-    pages = [_page(mm, a + i * P) for i in range(3)]
+    pages = [mapped_page(mm, a + i * P) for i in range(3)]
     assert list(m.lru.active) == pages  # oldest first (the kernel's list tail)
     assert not m.lru.inactive
     assert all(p.flags & (PG_lru | PG_active) == PG_lru | PG_active for p in pages)
@@ -108,7 +104,7 @@ def test_new_pages_are_added_active_in_fault_order() -> None:
 def test_freeing_a_page_takes_it_off_the_lru() -> None:
     m = _machine()
     mm, a = _fill(m, 3)
-    middle = _page(mm, a + P)
+    middle = mapped_page(mm, a + P)
     do_munmap(mm, a + P, P)
     assert m.zone.is_free(middle)
     assert middle not in m.lru.active and len(m.lru) == 2
@@ -119,7 +115,7 @@ def test_freeing_a_page_takes_it_off_the_lru() -> None:
 def test_isolate_takes_oldest_pages_with_a_reference() -> None:
     m = _machine()
     mm, a = _fill(m, 3)
-    pages = [_page(mm, a + i * P) for i in range(3)]
+    pages = [mapped_page(mm, a + i * P) for i in range(3)]
     got = isolate_lru_pages(m, 2, active=True)
     assert got == pages[:2]
     assert all(p.count == 2 and not p.flags & (PG_lru | PG_active) for p in got)
@@ -133,7 +129,7 @@ def test_page_referenced_counts_and_clears_young_bits() -> None:
     m = _machine()
     mm, a = _fill(m, 1)
     child = m.fork(mm, "child")
-    page = _page(mm, a)
+    page = mapped_page(mm, a)
     # The parent's pte is young from the write; fork copies the child's pte old.
     assert pte_young(mm.pte_get(a)) and not pte_young(child.pte_get(a))
     assert page_referenced(m, page) == 1
@@ -151,7 +147,7 @@ def test_page_referenced_counts_and_clears_young_bits() -> None:
 def test_shrink_active_list_deactivates_and_ages() -> None:
     m = _machine()
     mm, a = _fill(m, 4)
-    pages = [_page(mm, a + i * P) for i in range(4)]
+    pages = [mapped_page(mm, a + i * P) for i in range(4)]
     shrink_active_list(m, 3)
     assert list(m.lru.active) == pages[3:]
     assert list(m.lru.inactive) == pages[:3]
@@ -165,7 +161,7 @@ def test_shrink_active_list_deactivates_and_ages() -> None:
 def test_shrink_page_list_reactivates_referenced_and_swaps_the_rest() -> None:
     m = _machine()
     mm, a = _fill(m, 4)
-    pages = [_page(mm, a + i * P) for i in range(4)]
+    pages = [mapped_page(mm, a + i * P) for i in range(4)]
     shrink_active_list(m, 4)
     # Page 1 is touched again before reclaim looks at it.
     mm.set_pte_at(a + P, mm.pte_get(a + P) | _PAGE_ACCESSED)
@@ -189,7 +185,7 @@ def test_shrink_page_list_reactivates_referenced_and_swaps_the_rest() -> None:
 def test_shrink_page_list_skips_locked_page() -> None:
     m = _machine()
     mm, a = _fill(m, 1)
-    page = _page(mm, a)
+    page = mapped_page(mm, a)
     shrink_active_list(m, 1)
     [got] = isolate_lru_pages(m, 1, active=False)
     page.flags |= 1  # PG_locked: somebody else holds the page lock
@@ -210,6 +206,34 @@ def test_shrink_zone_ages_active_pages_first() -> None:
 
 
 # -- direct reclaim and kswapd ---------------------------------------------------------------
+
+
+def test_shrink_zone_scans_nothing_with_swap_full() -> None:
+    # get_scan_count(): with no free swap slot anonymous pages are not scanned at all, not
+    # even a swap-cache page that could be unmapped and freed without a new slot.
+    m = _machine(swap=2)
+    mm, a = _fill(m, 10)
+    assert shrink_zone(m, 10) == 2  # both slots taken, their frames freed
+    assert m.swap is not None and m.swap.nr_free() == 0
+    swapped = [i for i in range(10) if is_swap_pte(mm.pte_get(a + i * P))]
+    assert len(swapped) == 2
+    addr = a + swapped[0] * P
+    m.fork(mm, "child")  # the child's swap pte keeps the slot in use after the read below
+    assert read_user_byte(mm, addr) == _data(swapped[0])[0]
+    page = mapped_page(mm, addr)
+    assert page.flags & PG_swapcache and m.swap.nr_free() == 0
+    assert not can_reclaim_anon_pages(m)
+    for i in range(10):
+        pte = mm.pte_get(a + i * P)
+        if pte_present(pte):
+            mm.set_pte_at(a + i * P, pte & ~_PAGE_ACCESSED)
+    lists = (list(m.lru.active), list(m.lru.inactive))
+    ptes = [mm.pte_get(a + i * P) for i in range(10)]
+    assert shrink_zone(m, 10) == 0
+    assert (list(m.lru.active), list(m.lru.inactive)) == lists
+    assert [mm.pte_get(a + i * P) for i in range(10)] == ptes
+    assert (page.count, page.mapcount) == (2, 1)
+    check_all(m)
 
 
 def test_alloc_page_reclaims_directly_at_min_watermark() -> None:

@@ -343,3 +343,93 @@ def test_pure_python_frames_give_the_same_state() -> None:
     mine = {p: state_digest(Path(p)) for p in paths}
     assert Page.__mro__[1].__name__ == "PageBase"
     assert theirs["digests"] == mine
+
+
+def _stable_find_py(
+    node: Any, data: Any, pinned: bool, chains: bool, max_sharing: int, floor: int
+) -> tuple[Any, Any, int]:
+    """stable_find's twin: stable_skip_py() and the tests stable_tree_search() makes after it
+    (a regular node's page, or a chain's first dup's, taken at once)."""
+    node, _, _, n = ks.stable_skip_py(node, data, pinned)
+    if node is None:
+        return None, None, n
+    if node.rmap_hlist_len != ks.STABLE_NODE_CHAIN:
+        owner, page = node, node.page
+        if chains and not 0 < node.rmap_hlist_len < max_sharing:
+            return None, node, n
+    elif chains:
+        owner = node.dups
+        if owner is None or owner.dup_next is None:
+            return None, node, n
+        if not 0 < owner.rmap_hlist_len < max_sharing or not node.chain_prune_time > floor:
+            return None, node, n
+        page = owner.page
+    else:
+        return None, node, n
+    if (
+        page is not None
+        and page.mapping is owner
+        and page.mapping_flags == ks.KSM_MAPPING_FLAGS
+        and (pinned or page.count)
+        and not page.flags & 1
+        and page.data == data
+    ):
+        page.count += 1
+        return page, None, n + 1
+    return None, node, n
+
+
+@needs_c
+@pytest.mark.parametrize("pinned", [False, True])
+@pytest.mark.parametrize("chains", [False, True])
+def test_stable_find_c_equals_py(pinned: bool, chains: bool) -> None:
+    rng = random.Random(20 + pinned + 2 * chains)
+    assert ks.stable_find_c is not None
+    hits = [0, 0]
+    for _ in range(40):
+        contents = _contents(rng, rng.choice((1, 5, 60)), rng.random() < 0.5)
+        tree_seed = rng.random()
+        trees = [(_build_stable(random.Random(tree_seed), contents), None) for _twin in range(2)]
+        # Identical trees (same seed); give their chains the same dups.
+        seed = rng.random()
+        for root, _r in trees:
+            dr = random.Random(seed)
+            stack = [root.rb_node]
+            while stack:
+                node = stack.pop()
+                if node is None:
+                    continue
+                stack += [node.rb_left, node.rb_right]
+                node.rmap_hlist_len = dr.choice((0, 1, 2, 5, 256, 256))
+                node.chain_prune_time = dr.choice((0, 10, 20))
+                node.page.flags = 1 if dr.random() < 0.1 else 0
+                if dr.random() < 0.3:
+                    node.rmap_hlist_len = ks.STABLE_NODE_CHAIN
+                    prev = None
+                    for k in range(dr.choice((0, 1, 2, 3))):
+                        dup = StableNode(Page(1000 + k))
+                        dup.page.data = node.key if dr.random() < 0.8 else contents[0]
+                        dup.page.mapping = dup if dr.random() < 0.9 else None
+                        dup.page.mapping_flags = 3
+                        dup.page.count = dr.choice((0, 1, 2, 2, 2))
+                        dup.page.flags = 1 if dr.random() < 0.1 else 0
+                        dup.rmap_hlist_len = dr.choice((0, 1, 3, 256))
+                        if prev is None:
+                            node.dups = dup
+                        else:
+                            prev.dup_next = dup
+                        prev = dup
+        probes = [*rng.sample(contents, min(6, len(contents))), b"U|x|" + b"Z" * 60]
+        for data in probes:
+            floor = rng.choice((5, 15))
+            got = ks.stable_find_c(trees[0][0].rb_node, data, pinned, chains, 4, floor)
+            want = _stable_find_py(trees[1][0].rb_node, data, pinned, chains, 4, floor)
+            assert got[2] == want[2]
+            assert (got[0] is None) == (want[0] is None)
+            assert (got[1] is None) == (want[1] is None)
+            if got[0] is not None:
+                assert got[0].pfn == want[0].pfn and got[0].count == want[0].count
+                hits[got[0].pfn >= 1000] += 1
+            if got[1] is not None:
+                assert got[1].key == want[1].key
+    assert hits[0] > 0 and (hits[1] > 0) == chains, hits

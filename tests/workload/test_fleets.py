@@ -12,6 +12,7 @@ import pytest
 from ksmsim.cli import main
 from ksmsim.workload import tomlwrite
 from ksmsim.workload.generators import container_fleet, dump_scenario, random_mix, vm_fleet
+from ksmsim.workload.host import Host
 from ksmsim.workload.predict import ScenarioWorkload, predict
 from ksmsim.workload.runner import run_scenario
 from ksmsim.workload.scenario import Churn, Mmap, Run, parse_scenario
@@ -135,6 +136,31 @@ def test_every_generator_writes_valid_toml_and_json(seed: int) -> None:
         assert tomllib.loads(dump_scenario(doc, "toml")) == doc
         assert json.loads(dump_scenario(doc, "json")) == doc
         parse_scenario(doc, "gen")
+
+
+@pytest.mark.parametrize("kernel", ["keyhole", "pinned", "v2.6.33"])
+def test_random_mix_sets_only_tunables_the_kernel_has(kernel: str) -> None:
+    # A tunable the kernel lacks would end the run at that step (an error, not a mix of every
+    # action); the same draws give pages_to_scan instead, so v6.18's mixes are unchanged.
+    files = set(Host(kernel).sysfs.writable())
+    sets = [
+        a for s in range(40) for a in random_mix(s, kernel=kernel)["timeline"] if a["op"] == "set"
+    ]
+    assert sets and all(set(a["tunables"]) <= files for a in sets)
+    v6 = [a for s in range(40) for a in random_mix(s)["timeline"] if a["op"] == "set"]
+    assert {n for a in v6 for n in a["tunables"]} == {
+        "use_zero_pages",
+        "smart_scan",
+        "pages_to_scan",
+    }
+    for seed in range(40):
+        mine, v6_doc = random_mix(seed, kernel=kernel), random_mix(seed)
+        assert len(mine["timeline"]) == len(v6_doc["timeline"])
+        for a, b in zip(mine["timeline"], v6_doc["timeline"], strict=True):
+            assert a == b or (
+                a["op"] == b["op"] == "set" and a["tunables"].keys() == {"pages_to_scan"}
+            )
+    assert run_scenario(parse_scenario(random_mix(2, kernel=kernel), "mix"))["ok"]  # four such sets
 
 
 def test_gen_commands_write_scenarios_that_run(

@@ -26,9 +26,14 @@ from ksmsim.kernel.ksm_shortcuts import (
     Shortcuts,
     default_shortcuts,
     dup_skip_function,
+    first_visit_enabled,
+    fused_free_function,
+    fused_merge_function,
     insert_color_function,
     scan_ptes_function,
     skip_functions,
+    stable_find_function,
+    try_merge_function,
 )
 from ksmsim.kernel.memory import (
     VM_FAULT_OOM,
@@ -43,6 +48,7 @@ from ksmsim.kernel.mm import (
     _PAGE_ACCESSED,
     _PAGE_DIRTY,
     _PAGE_PRESENT,
+    _PAGE_RW,
     _PAGE_SPECIAL,
     MMF_VM_MERGE_ANY,
     MMF_VM_MERGEABLE,
@@ -77,10 +83,13 @@ from ksmsim.kernel.page import (
     Page,
     PageAnon,
     PageKsm,
+    PG_active,
     PG_dirty,
     PG_locked,
+    PG_lru,
     PG_mlocked,
     PG_referenced,
+    PG_reserved,
     PG_swapbacked,
     PG_swapcache,
     PG_uptodate,
@@ -403,6 +412,9 @@ class Ksm:
         """Deliberate bugs the interleaving explorer may switch on (``ksmsim check --mutation``);
         empty in every ordinary run."""
         self._checksum_first = profile.checksum_before_stable_tree
+        # For the C twins of the fused merges.
+        self._wp_dirty = profile.write_protect_dirty_ptes
+        self._find_mergeable_vma = profile.find_mergeable_vma
         self.set_shortcuts(default_shortcuts())
 
     def set_shortcuts(self, shortcuts: Shortcuts) -> None:
@@ -411,8 +423,22 @@ class Ksm:
         self._stable_skip, self._unstable_skip = skip_functions(shortcuts)
         self._rb_insert_color = insert_color_function(shortcuts)
         self._dup_skip = dup_skip_function(shortcuts)
+        self._stable_find = stable_find_function(shortcuts)
         self._content_checksum = shortcuts.content_checksum and shortcuts.c_helpers
         self._scan_ptes_fn = scan_ptes_function(shortcuts) or Ksm._scan_ptes
+        self._first_visit = first_visit_enabled(shortcuts)
+        self._fused_free = fused_free_function(shortcuts)
+        # While ksm_do_scan() lets the first_visit shortcut take pages: the ksm_pages_scanned
+        # count it must stay below (None: not now).
+        self._visit_until: int | None = None
+        # While it may also take pages that merge into the stable tree (see ksm_do_scan()).
+        self._visit_merge: tuple[Any, ...] | None = None
+        self._fused_try = try_merge_function(shortcuts) or (
+            Ksm.try_to_merge_with_ksm_page_fused if shortcuts.fused_merge else None
+        )
+        self._fused_merge = fused_merge_function(shortcuts) or (
+            Ksm.merge_with_ksm_page_fused if shortcuts.fused_merge else None
+        )
         # The zone's map_generation when the unstable tree was last emptied (-1: never).
         self._unstable_generation = -1
         # The VMA loop that found the page scan_get_next_rmap_item() returned last, for the
@@ -925,12 +951,32 @@ class Ksm:
         root = self.root_stable_tree
         chains = self.profile.stable_node_chains
         skip = self._stable_skip if self._shortcuts_allowed() else None
+        find = self._stable_find if skip is not None else None
         pinned = self.profile.stable_node_pins_page
+        floor = 0
+        if find is not None and chains and root.rb_node is not None:
+            # No prune is due at a chain whose chain_prune_time is above this.
+            hz = self.machine.config.hz
+            floor = self.jiffies() - _msecs_to_jiffies(
+                self.ksm_stable_node_chains_prune_millisecs, hz
+            )
         while True:
             node = root.rb_node
             restart = False
             while node is not None:
-                if skip is not None:
+                if find is not None:
+                    # The C helper of the stable_skip shortcut: the walk below, and the node
+                    # found taken at once as below (regular or a chain's first dup).
+                    taken, node, skipped = find(
+                        node, data, pinned, chains, self.ksm_max_page_sharing, floor
+                    )
+                    work.memcmps += skipped
+                    if taken is not None:
+                        found: Page = taken
+                        return found
+                    if node is None:
+                        break
+                elif skip is not None:
                     # Shortcut stable_skip: pass over the regular nodes whose get_ksm_page()
                     # succeeds and whose contents differ, counting their memcmps; for them
                     # the step below is exactly get, memcmp, put, descend.
@@ -938,6 +984,9 @@ class Ksm:
                     work.memcmps += skipped
                     if node is None:
                         break
+                if skip is not None:
+                    # The node the walk stopped at, taken at once in the cases below (after
+                    # the C walk, only in those it leaves here, e.g. a full regular node).
                     assert isinstance(node, StableNode)
                     hit = node.page
                     if (
@@ -964,6 +1013,33 @@ class Ksm:
                             return None
                         hit.count += 1
                         return hit
+                    if chains and node.rmap_hlist_len == STABLE_NODE_CHAIN:
+                        head = node.dups
+                        hit = head.page if head is not None else None
+                        if (
+                            hit is not None
+                            and head is not None
+                            and head.dup_next is not None
+                            and 0 < head.rmap_hlist_len < self.ksm_max_page_sharing
+                            and hit.mapping is head
+                            and (pinned or hit.count)
+                            and hit.mapping_flags == PAGE_MAPPING_FLAGS
+                            and not hit.flags & PG_locked
+                            and hit.data == data
+                            and self.jiffies()
+                            < node.chain_prune_time
+                            + _msecs_to_jiffies(
+                                self.ksm_stable_node_chains_prune_millisecs,
+                                self.machine.config.hz,
+                            )
+                        ):
+                            # A chain whose first dup takes the page, no prune due: the steps
+                            # below (stable_node_dup() chooses that dup at once, its page is
+                            # taken, compared equal and, as above, returned) come to one
+                            # memcmp and one reference.
+                            work.memcmps += 1
+                            hit.count += 1
+                            return hit
                 assert isinstance(node, StableNode)
                 if chains:
                     tree_page, dup, tree_node = self.__stable_node_chain(node, prune=True)
@@ -1242,6 +1318,16 @@ class Ksm:
     ) -> int:
         """Merge the item's page into an existing KSM page (or, with None, upgrade it in
         place): try_to_merge_with_ksm_page()."""
+        fused = self._fused_try
+        if (
+            fused is not None
+            and self.machine.preempt is None
+            and not self.mutations
+            and fused(self, rmap_item, page, kpage)
+        ):
+            # Shortcut fused_merge: the steps below in one call for the common case (see
+            # try_to_merge_with_ksm_page_fused()).
+            return 0
         mm = rmap_item.mm
         addr = rmap_item.address & PAGE_MASK
         if self.profile.find_mergeable_vma:
@@ -1263,6 +1349,176 @@ class Ksm:
             self.remove_rmap_item_from_tree(rmap_item)
         self.hold_anon_vma(rmap_item, vma.anon_vma)
         return 0
+
+    def try_to_merge_with_ksm_page_fused(
+        self, rmap_item: RmapItem, page: Page, kpage: Page | None
+    ) -> bool:
+        """Do what try_to_merge_with_ksm_page() does in the common case, in one step, or
+        return False, having changed nothing (shortcut ``fused_merge``; the C twin is
+        ``try_merge_fused`` of ksmsim._speedups).
+
+        The conditions are merge_with_ksm_page_fused()'s, but for those on the item and on
+        ``kpage`` beyond its being a KSM page other than the page (nothing here locks it or
+        appends to its node), and with ``kpage`` None (the page upgraded in place) those on
+        ``kpage`` and the contents. The steps of that case: write_protect_page()'s pte (and
+        PG_dirty from a dirty pte, 6.x), the page made a KSM page with no node, marked
+        referenced and dirty, a merge counted; otherwise replace_page()'s. Then, as the exact
+        function does, the item taken out of its tree (3.x+) and the anon_vma held.
+        """
+        mm = rmap_item.mm
+        address = rmap_item.address
+        if mm.mm_users == 0:
+            return False
+        addr = address & PAGE_MASK
+        vma = mm.mmap_cache
+        if vma is None or not vma.vm_start <= addr < vma.vm_end:
+            return False
+        anon_vma = vma.anon_vma
+        if vma.vm_flags & (VM_MERGEABLE | VM_LOCKED) != VM_MERGEABLE or anon_vma is None:
+            return False
+        if kpage is not None and (page is kpage or kpage.mapping_flags != PAGE_MAPPING_FLAGS):
+            return False
+        if (
+            page.mapping_flags != PAGE_MAPPING_ANON
+            or page.mapping is not anon_vma
+            or page.flags & PG_locked
+            or (kpage is not None and page.count < 2)
+            or vma.vm_start + ((page.index - vma.vm_pgoff) << PAGE_SHIFT) != addr
+        ):
+            return False
+        vpn = addr >> PAGE_SHIFT
+        table = mm.pgd.get(vpn >> 9)
+        if table is None:
+            return False
+        idx = vpn & (PTRS_PER_PTE - 1)
+        pte = table[idx]
+        if pte & _ANON_PRESENT_MASK != _PAGE_PRESENT or pte >> PAGE_SHIFT != page.pfn:
+            return False
+        six = self.profile.write_protect_dirty_ptes
+        dirty = six and pte & _PAGE_DIRTY
+        protect = pte & _PAGE_RW or dirty
+        if protect:
+            swapped = 1 if page.flags & PG_swapcache else 0
+            if page.mapcount + 1 + swapped != page.count:
+                return False
+        if kpage is not None and page.data != kpage.data:
+            return False
+        if dirty:
+            page.flags |= PG_dirty
+        work = self.work
+        if kpage is None:
+            # write_protect_page(), then the upgrade in place of try_to_merge_one_page().
+            if protect:
+                table[idx] = (pte & ~_PAGE_DIRTY if six else pte) & ~_PAGE_RW
+            page.mapping = None
+            page.mapping_flags = PAGE_MAPPING_FLAGS
+            page.flags |= PG_referenced | PG_dirty
+            work.merges += 1
+        else:
+            # replace_page().
+            work.memcmps += 1
+            kpage.count += 1
+            kpage.mapcount += 1
+            if kpage.mapcount == 1:
+                self.machine.nr_anon_pages += 1
+            table[idx] = (kpage.pfn << PAGE_SHIFT) | _PAGE_PRESENT | _PAGE_ACCESSED
+            page.mapcount -= 1
+            if page.mapcount == 0:
+                self.machine.nr_anon_pages -= 1
+            page.count -= 1
+            work.merges += 1
+        if self.profile.find_mergeable_vma and address & (STABLE_FLAG | UNSTABLE_FLAG):
+            self.remove_rmap_item_from_tree(rmap_item)
+        rmap_item.anon_vma = anon_vma
+        anon_vma.ksm_refcount += 1
+        return True
+
+    def merge_with_ksm_page_fused(self, rmap_item: RmapItem, page: Page, kpage: Page) -> bool:
+        """Merge the item's page into the KSM page the stable tree search found, as
+        cmp_and_merge_page() does with try_to_merge_with_ksm_page(), stable_tree_append() and
+        the put of ``kpage``, in one step; or return False, having changed nothing, when the
+        common case's conditions do not hold (shortcut ``fused_merge``; the C twin is
+        ``merge_fused`` of ksmsim._speedups).
+
+        The conditions make every test of the exact steps come out the way that merges: the
+        item in no tree (so remove_rmap_item_from_tree() does nothing), its mm alive and its
+        area the mm's cached one (find_vma() then returns it without a lookup), mergeable,
+        not mlocked, with an anon_vma; ``kpage`` a KSM page with a node, unlocked (so
+        lock_page() does not wait) and not the page itself; the page anonymous for that
+        anon_vma, unlocked, at the item's address by its index, with a reference besides
+        the one dropped here, mapped there by a present pte; if the pte is writable (or
+        dirty, with write_protect_dirty_ptes) the counts write_protect_page() requires; and
+        equal contents. The exact steps then leave exactly what this does: a memcmp and a
+        merge counted, PG_dirty from a dirty pte (6.x), the pte pointing read-only at
+        ``kpage`` (the intermediate values set_pte_at() wrote are overwritten), the mappings
+        and references moved, the anon_vma held and the item appended to the node; the
+        page and ``kpage`` locks taken and released leave their flags as they were.
+        """
+        mm = rmap_item.mm
+        address = rmap_item.address
+        if address & (STABLE_FLAG | UNSTABLE_FLAG) or mm.mm_users == 0:
+            return False
+        addr = address & PAGE_MASK
+        vma = mm.mmap_cache
+        if vma is None or not vma.vm_start <= addr < vma.vm_end:
+            return False
+        anon_vma = vma.anon_vma
+        if vma.vm_flags & (VM_MERGEABLE | VM_LOCKED) != VM_MERGEABLE or anon_vma is None:
+            return False
+        node = kpage.mapping
+        if (
+            page is kpage
+            or kpage.mapping_flags != PAGE_MAPPING_FLAGS
+            or node is None
+            or kpage.flags & PG_locked
+        ):
+            return False
+        if (
+            page.mapping_flags != PAGE_MAPPING_ANON
+            or page.mapping is not anon_vma
+            or page.flags & PG_locked
+            or page.count < 2
+            or vma.vm_start + ((page.index - vma.vm_pgoff) << PAGE_SHIFT) != addr
+        ):
+            return False
+        vpn = addr >> PAGE_SHIFT
+        table = mm.pgd.get(vpn >> 9)
+        if table is None:
+            return False
+        idx = vpn & (PTRS_PER_PTE - 1)
+        pte = table[idx]
+        if pte & _ANON_PRESENT_MASK != _PAGE_PRESENT or pte >> PAGE_SHIFT != page.pfn:
+            return False
+        dirty = self.profile.write_protect_dirty_ptes and pte & _PAGE_DIRTY
+        if pte & _PAGE_RW or dirty:
+            swapped = 1 if page.flags & PG_swapcache else 0
+            if page.mapcount + 1 + swapped != page.count:
+                return False
+        if page.data != kpage.data:
+            return False
+        # write_protect_page(): a dirty pte's dirt passes to the page (6.x).
+        if dirty:
+            page.flags |= PG_dirty
+        # replace_page().
+        work = self.work
+        work.memcmps += 1
+        kpage.count += 1
+        kpage.mapcount += 1
+        if kpage.mapcount == 1:
+            self.machine.nr_anon_pages += 1
+        table[idx] = (kpage.pfn << PAGE_SHIFT) | _PAGE_PRESENT | _PAGE_ACCESSED
+        page.mapcount -= 1
+        if page.mapcount == 0:
+            self.machine.nr_anon_pages -= 1
+        page.count -= 1
+        work.merges += 1
+        # try_to_merge_with_ksm_page(): hold_anon_vma().
+        rmap_item.anon_vma = anon_vma
+        anon_vma.ksm_refcount += 1
+        # cmp_and_merge_page(): stable_tree_append() under the page lock, then put_page().
+        self.stable_tree_append(rmap_item, node)
+        kpage.count -= 1
+        return True
 
     def try_to_merge_two_pages(
         self, rmap_item: RmapItem, page: Page, tree_rmap_item: RmapItem, tree_page: Page
@@ -1409,6 +1665,16 @@ class Ksm:
         if found is not None:
             assert isinstance(found, Page)
             kpage = found
+            fused = self._fused_merge
+            if (
+                fused is not None
+                and machine.preempt is None
+                and not self.mutations
+                and fused(self, rmap_item, page, kpage)
+            ):
+                # Shortcut fused_merge: the steps below, in one call, for the common case
+                # (see merge_with_ksm_page_fused()).
+                return
             err = self.try_to_merge_with_ksm_page(rmap_item, page, kpage)
             if not err:
                 machine.lock_page(kpage)
@@ -1554,8 +1820,18 @@ class Ksm:
                     continue
                 idx = vpn & (PTRS_PER_PTE - 1)
                 while address < stop:
+                    # Shortcut first_visit (C only): how many pages scan_ptes may take through
+                    # their whole ksmd step; it may while nothing but a changed checksum's
+                    # bookkeeping can happen to a page: with the checksum tested first, or
+                    # an empty stable tree (whose search then does nothing).
+                    until = self._visit_until
+                    allow = -1
+                    if until is not None:
+                        allow = 0
+                        if self._checksum_first or self.root_stable_tree.rb_node is None:
+                            allow = until - self.ksm_pages_scanned
                     address, idx, seen, rmap_item, page = scan_ptes(
-                        self, mm_slot, table, idx, address, stop, smart
+                        self, mm_slot, table, idx, address, stop, smart, allow
                     )
                     visited += seen
                     if page is None:
@@ -1569,13 +1845,22 @@ class Ksm:
         self.work.addresses += visited
 
     def _scan_ptes(
-        self, mm_slot: MmSlot, table: array[int], idx: int, address: int, stop: int, smart: bool
+        self,
+        mm_slot: MmSlot,
+        table: array[int],
+        idx: int,
+        address: int,
+        stop: int,
+        smart: bool,
+        allow: int = -1,
     ) -> tuple[int, int, int, RmapItem | None, Page | None]:
         """Walk the ptes of one table from ``address`` (entry ``idx``) to ``stop`` for the next
         anonymous page that smart scan does not skip; return (address and idx past it, entries
         visited, its item, the page with a reference), or (stop, idx, visited, None, None).
 
-        The pte loop of _scan_mm(); ksm_shortcuts.py has its C twin (``c_helpers``).
+        The pte loop of _scan_mm(); ksm_shortcuts.py has its C twin (``c_helpers``). ``allow``
+        is for the C twin's first_visit shortcut, whose own twin is the exact path (every page
+        handed back to ksm_do_scan()); it is not used here.
         """
         scan = self.ksm_scan
         mem_map = self._mem_map
@@ -1682,38 +1967,100 @@ class Ksm:
         use_cursor = self.shortcuts.scan_cursor and self._shortcuts_allowed()
         cursor: Iterator[tuple[RmapItem, Page]] | None = None
         generation = 0
-        for _ in range(scan_npages):
-            if machine.preempt is not None:
-                machine.preempt("ksm_do_scan:cond_resched")
-            found = None
-            if cursor is not None and zone.map_generation == generation:
-                # Shortcut scan_cursor: resume the VMA loop that found the last page. No area,
-                # area flag or mm user has changed since (that moves map_generation), so it
-                # takes the steps a fresh scan_get_next_rmap_item() would take from the cursor.
-                found = next(cursor, None)
-            if found is None:
-                cursor = None
-                found = scan_get_next_rmap_item()
-                if found is None:
-                    return
-                if use_cursor:
-                    cursor, self._scan_cursor = self._scan_cursor, None
-                    generation = zone.map_generation
-            rmap_item, page = found
-            work.scanned += 1
-            if page.mapping_flags != PAGE_MAPPING_FLAGS:
-                cmp_and_merge_page(page, rmap_item)
-            elif skip_here:
-                if not rmap_item.address & STABLE_FLAG:
-                    cmp_and_merge_page(page, rmap_item)
-            elif page.mapping is None or rmap_item.head is not page.mapping:
-                # Else cmp_and_merge_page() would return at once: a KSM page on its item's node.
-                cmp_and_merge_page(page, rmap_item)
-            if page.count > 1:
-                page.count -= 1
+        visit = use_cursor and self._first_visit
+        # Shortcut fused_free: the put_page() that frees a page at the end of its step, with
+        # free_hot_cold_page() and the machine's hook (see free_scanned of ksmsim._speedups;
+        # it declines, changing nothing, unless the hook would only take the page off the LRU).
+        free_scanned = self._fused_free
+        free_args: tuple[Any, ...] = ()
+        if free_scanned is not None:
+            if zone.on_free == machine._page_freed and self._shortcuts_allowed():
+                lru = machine.lru
+                free_args = (
+                    zone._free.append,
+                    zone,
+                    lru.active,
+                    lru.inactive,
+                    machine.ksm_unmapped_at,
+                    machine._released,
+                    PG_lru,
+                    PG_active,
+                    PG_reserved,
+                )
             else:
-                zone.put_page(page)
-            self.ksm_pages_scanned += 1
+                free_scanned = None
+        end = self.ksm_pages_scanned + scan_npages
+        if visit:
+            # Shortcut first_visit: the pte loop may take pages through their whole step below,
+            # counting each in ksm_pages_scanned as the step does, leaving room for the page it
+            # hands back; the batch ends when that count shows scan_npages pages.
+            self._visit_until = end - 1
+            if (
+                self._checksum_first
+                and self._stable_find is not None
+                and self._fused_merge is not None
+                and self._fused_merge is not Ksm.merge_with_ksm_page_fused
+            ):
+                # With the checksum tested first, also the pages that merge into the KSM
+                # page the stable tree search takes at once, through the fused merge (the
+                # clock, and so the chains' prune test, stands still during a batch), and,
+                # while the unstable_skip shortcut holds, those the stable tree search does
+                # not find that go into the unstable tree.
+                hz = machine.config.hz
+                floor = self.jiffies() - _msecs_to_jiffies(
+                    self.ksm_stable_node_chains_prune_millisecs, hz
+                )
+                self._visit_merge = (
+                    self.profile.stable_node_chains,
+                    self.profile.stable_node_pins_page,
+                    self.ksm_max_page_sharing,
+                    floor,
+                    self.zero_checksum if self.ksm_use_zero_pages else None,
+                    free_args,
+                    zone,
+                    free_scanned,
+                    self._unstable_skip is not None,
+                )
+        try:
+            for _ in range(scan_npages):
+                if visit and self.ksm_pages_scanned >= end:
+                    break
+                if machine.preempt is not None:
+                    machine.preempt("ksm_do_scan:cond_resched")
+                found = None
+                if cursor is not None and zone.map_generation == generation:
+                    # Shortcut scan_cursor: resume the VMA loop that found the last page. No
+                    # area, area flag or mm user has changed since (that moves map_generation),
+                    # so it takes the steps a fresh scan_get_next_rmap_item() would take from
+                    # the cursor.
+                    found = next(cursor, None)
+                if found is None:
+                    cursor = None
+                    found = scan_get_next_rmap_item()
+                    if found is None:
+                        return
+                    if use_cursor:
+                        cursor, self._scan_cursor = self._scan_cursor, None
+                        generation = zone.map_generation
+                rmap_item, page = found
+                work.scanned += 1
+                if page.mapping_flags != PAGE_MAPPING_FLAGS:
+                    cmp_and_merge_page(page, rmap_item)
+                elif skip_here:
+                    if not rmap_item.address & STABLE_FLAG:
+                        cmp_and_merge_page(page, rmap_item)
+                elif page.mapping is None or rmap_item.head is not page.mapping:
+                    # Else cmp_and_merge_page() would return at once: a KSM page on its item's
+                    # node.
+                    cmp_and_merge_page(page, rmap_item)
+                if page.count > 1:
+                    page.count -= 1
+                elif free_scanned is None or not free_scanned(page, *free_args):
+                    zone.put_page(page)
+                self.ksm_pages_scanned += 1
+        finally:
+            self._visit_until = None
+            self._visit_merge = None
 
     def ksmd_should_run(self) -> bool:
         """Tell whether ksmd has work: run has the merge bit and some mm is registered."""

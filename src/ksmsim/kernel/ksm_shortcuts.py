@@ -20,7 +20,10 @@ with ``-`` to switch it off, applied to ``all``, e.g. ``-c_helpers`` or ``none,s
     when it is a regular node whose keyhole holds and whose page is unlocked: the exact steps
     then add one memcmp and one reference, whatever else they do in between (with chains:
     put the page back, test the node is a candidate, take it again with TRYLOCK and unlock
-    it), and the same holds for the dup a chain gives.
+    it), and the same holds for the dup a chain gives. So does a chain found whose first
+    dup has room (and is not its only one), its page's keyhole holding, unlocked, with equal
+    contents, when no prune is due: stable_node_dup() chooses that dup at once and changes
+    nothing else, so the search takes its page on the spot.
 ``unstable_skip``
     unstable_tree_search_insert() does the same over unstable nodes. An unstable node records
     the page it was inserted with (``RmapItem.tree_page``); while no pte has started or stopped
@@ -63,6 +66,67 @@ with ``-`` to switch it off, applied to ``all``, e.g. ``-c_helpers`` or ``none,s
     computes once (with the profile's checksum function) and keeps: it is a function of the
     contents alone, and every frame holding the object shares it. The work counted is the
     same (a checksum whenever the frame's own cache misses). Needs ``c_helpers``.
+``first_visit``
+    ksmd's pte loop (the C scan_ptes of ``c_helpers``) takes whole ksm_do_scan() steps in C
+    for the common cases of the first and later passes. It allocates a new rmap_item where
+    get_next_rmap_item() would prune nothing (the same fields, links and counts as
+    alloc_rmap_item()), and takes a page through its whole ksm_do_scan() step when all that
+    step can do is note a changed checksum: the page not KSM, its item in no tree (but see
+    below), a
+    reference to spare, and the checksum tested before the stable tree search (6.11+) or
+    the stable tree empty (its search then returns at once, changing nothing). The step is
+    then: count the page scanned, compute the checksum as calc_checksum() does (its cache,
+    ``content_checksum``, the count of checksums; within one call, the checksum of the very
+    contents object the last page had is reused, the function being one of the contents
+    alone), find it differs from the item's, store
+    it, drop the reference, count the page in pages_scanned. A page whose checksum is
+    unchanged goes on to the exact path (with the checksum in the frame's cache, where
+    cmp_and_merge_page() takes it, as it would have been computed at that point). Taken
+    pages count against the batch as the exact loop's iterations do, and only while the
+    scan_cursor shortcut runs (the loop is resumed between pages in any case). With the
+    checksum tested first it also takes a page whose checksum is unchanged when no zero
+    page is to be tried for it and the stable tree search would take a KSM page at once
+    (the C walk of ``stable_skip``) that the fused merge (``fused_merge``) merges it into:
+    cmp_and_merge_page() does nothing else then; the walk's compares are counted and the
+    search's reference kept only when the merge is made, so a page that does not merge
+    goes to the exact path as it was; the page's reference is then dropped as ksm_do_scan()
+    drops it (``fused_free``). The chains' prune test reads the clock, which stands still
+    during a batch. Likewise a page the stable tree search does not find (its walk ending
+    past a leaf, or an empty tree) whose unstable_tree_search_insert() inserts it, while the
+    ``unstable_skip`` shortcut holds (its walk meets no equal page): the item is linked in,
+    coloured (rb_insert_color), flagged with the seqnr, given its recorded page and counted,
+    as that function does. And the removal from the tree that begins cmp_and_merge_page()
+    for an item the unstable tree held in the last pass (since emptied: uncount it, clear
+    its flags) is made here too. So is the step of a KSM page that ksm_do_scan() leaves
+    alone (on its item's node, 6.11+; its item stable, before): count it, drop the
+    reference. The twin is the exact path. Needs ``c_helpers`` and the C frame base.
+``fused_merge``
+    cmp_and_merge_page() merges a page into the KSM page the stable tree search found in one
+    step (Ksm.merge_with_ksm_page_fused(), beside try_to_merge_with_ksm_page()) when every
+    test of try_to_merge_with_ksm_page(), try_to_merge_one_page(), write_protect_page() and
+    replace_page() would come out the way that merges and neither page is locked: the item
+    in no tree, its area the mm's cached one, mergeable and not mlocked, the page anonymous
+    in that area's anon_vma at the item's address, mapped by a present pte, with the counts
+    write_protect_page() requires and a reference to spare, ``kpage`` a KSM page with a node,
+    and equal contents. Those steps then do exactly what the fused step does (the same work
+    counted, the same pte, counts, flags, anon_vma hold and hlist); the locks they take and
+    release leave the flags as they were, and the pte values they write on the way are
+    overwritten. The conditions are tested before anything changes; when one fails the exact
+    steps run. Its C twin (``c_helpers``) makes the same tests and changes. Likewise
+    try_to_merge_with_ksm_page() itself (try_to_merge_with_ksm_page_fused(), for the merges
+    of two pages found equal in the unstable tree): the same conditions but for those on the
+    item and on ``kpage`` beyond its being another KSM page, or with ``kpage`` None, the page
+    upgraded in place (write-protected, made a KSM page with no node, referenced and dirty);
+    then the item taken out of its tree (the very call the exact function makes, 3.x+) and
+    the anon_vma held.
+``fused_free``
+    ksm_do_scan()'s put_page() of the last reference to a page (the one a merge left) frees
+    it in one C call (free_scanned of ksmsim._speedups) when the machine's free hook is its
+    own (Machine._page_freed()) and has nothing to note but the LRU (no KSM page that
+    reclaim unmapped is waiting to be freed): the same steps as put_page(),
+    free_hot_cold_page(), the hook and Lru.remove(), in the same order; otherwise, and for
+    the zero page or a page still mapped, the exact path runs. The twin is the exact path.
+    Needs ``c_helpers`` and the C frame base.
 ``gc_pause``
     Python's cyclic garbage collector is paused during a ksmd batch and a batch of writes
     (``pause_gc``). The model allocates many objects there and frees them by reference
@@ -76,7 +140,9 @@ with ``-`` to switch it off, applied to ``all``, e.g. ``-c_helpers`` or ``none,s
     unreachable cycle among them is still reclaimed, by the next full collection (which
     they, not counted as survivors of a young collection, do not bring on themselves).
 ``c_helpers``
-    Use the C versions of the helpers above (``ksmsim._speedups``) when it was built, and its
+    Use the C versions of the helpers above (``ksmsim._speedups``) when it was built (the
+    stable tree search's walk, stable_find, also takes the node found in C, with the tests
+    stable_tree_search() makes after stable_skip_py() as its twin), and its
     rb_insert_color() for the trees' inserts and its twin of the pte loop of ksmd's VMA loop
     (Ksm._scan_ptes); the pure-Python twins (here, rbtree.py's rb_insert_color and
     Ksm._scan_ptes) give the same results (tests/perf compares them). At import it also
@@ -129,6 +195,9 @@ class Shortcuts:
     fill_batch: bool = True
     lazy_contents: bool = True
     content_checksum: bool = True
+    first_visit: bool = True
+    fused_merge: bool = True
+    fused_free: bool = True
     gc_pause: bool = True
     c_helpers: bool = True
 
@@ -311,6 +380,11 @@ rb_insert_color_c: Callable[[Any, Any], None] | None = None
 DupSkip = Callable[[Any, Any, int, int, bool, bool], tuple[Any, Any, int, bool]]
 dup_skip_c: DupSkip | None = None
 scan_ptes_c: Callable[..., Any] | None = None
+merge_fused_c: Callable[..., bool] | None = None
+try_merge_fused_c: Callable[..., bool] | None = None
+free_scanned_c: Callable[..., bool] | None = None
+stable_find_c: Callable[..., tuple[Any, Any, int]] | None = None
+visit_ready = False
 HAVE_C_HELPERS = False
 
 
@@ -330,13 +404,16 @@ PageText: Any = _page_text_type()
 def _setup_c() -> None:
     """Hand the node and page layouts to the C walks, if the extension was built."""
     global unstable_skip_c, stable_skip_c, dup_skip_c, rb_insert_color_c, scan_ptes_c
+    global merge_fused_c, visit_ready, free_scanned_c, stable_find_c, try_merge_fused_c
     global HAVE_C_HELPERS
     try:
         from ksmsim import _speedups
     except ImportError:  # pragma: no cover - built without a compiler
         return
-    needed = ("tree_setup", "unstable_skip", "stable_skip", "dup_skip", "rb_setup")
-    if not all(hasattr(_speedups, name) for name in (*needed, "scan_setup", "scan_ptes")):
+    needed: tuple[str, ...] = ("tree_setup", "unstable_skip", "stable_skip", "dup_skip", "rb_setup")
+    needed += ("scan_setup", "scan_ptes", "merge_setup", "merge_fused", "visit_setup")
+    needed += ("free_scanned", "find_setup", "stable_find", "try_merge_fused")
+    if not all(hasattr(_speedups, name) for name in needed):
         return  # pragma: no cover - a stale build: the pure-Python twins run
     from ksmsim.kernel.ksm import RmapItem, StableNode
     from ksmsim.kernel.page import Page
@@ -380,10 +457,12 @@ def _setup_c() -> None:
     )
     from ksmsim.kernel.ksm import (
         _ANON_PRESENT_MASK,
+        SEQNR_MASK,
         STABLE_FLAG,
         U8_MAX,
         UNSTABLE_FLAG,
         KsmScan,
+        KsmWork,
         MmSlot,
     )
     from ksmsim.kernel.mm import _PAGE_PRESENT
@@ -411,12 +490,146 @@ def _setup_c() -> None:
         PAGE_MASK & ((1 << 64) - 1),
         STABLE_FLAG | UNSTABLE_FLAG,
     )
+    from ksmsim.kernel.mm import (
+        _PAGE_ACCESSED,
+        _PAGE_DIRTY,
+        _PAGE_RW,
+        _PAGE_SPECIAL,
+        PTRS_PER_PTE,
+        VM_LOCKED,
+        VM_MERGEABLE,
+        MmStruct,
+        VmArea,
+    )
+    from ksmsim.kernel.page import PG_dirty, PG_locked, PG_referenced, PG_swapcache
+    from ksmsim.kernel.rmap import AnonVma
+
+    if Page.__base__ is _speedups.PageBase:
+        # The fused merge reads the frame's fields from the C base.
+        _speedups.merge_setup(
+            RmapItem,
+            MmStruct,
+            VmArea,
+            AnonVma,
+            StableNode,
+            KsmWork,
+            descr(RmapItem, "mm"),
+            descr(RmapItem, "address"),
+            descr(RmapItem, "anon_vma"),
+            descr(RmapItem, "head"),
+            descr(RmapItem, "hnext"),
+            descr(RmapItem, "hprev"),
+            descr(MmStruct, "mm_users"),
+            descr(MmStruct, "mmap_cache"),
+            descr(MmStruct, "pgd"),
+            descr(MmStruct, "ksm_merging_pages"),
+            descr(VmArea, "vm_start"),
+            descr(VmArea, "vm_end"),
+            descr(VmArea, "vm_flags"),
+            descr(VmArea, "vm_pgoff"),
+            descr(VmArea, "anon_vma"),
+            descr(AnonVma, "ksm_refcount"),
+            descr(StableNode, "hlist"),
+            descr(StableNode, "rmap_hlist_len"),
+            descr(KsmWork, "memcmps"),
+            descr(KsmWork, "merges"),
+            STABLE_FLAG | UNSTABLE_FLAG,
+            STABLE_FLAG,
+            VM_MERGEABLE,
+            VM_LOCKED,
+            PAGE_MAPPING_ANON,
+            PAGE_MAPPING_FLAGS,
+            PG_locked,
+            PG_dirty,
+            PG_swapcache,
+            _PAGE_PRESENT | _PAGE_SPECIAL,
+            _PAGE_PRESENT,
+            _PAGE_RW,
+            _PAGE_DIRTY,
+            _PAGE_ACCESSED,
+            PTRS_PER_PTE,
+            PAGE_SHIFT,
+            PG_referenced,
+        )
+        merge_fused_c = _speedups.merge_fused
+        try_merge_fused_c = _speedups.try_merge_fused
+        _speedups.visit_setup(
+            KsmWork,
+            MmStruct,
+            descr(RmapItem, "rb_parent"),
+            descr(RmapItem, "rb_left"),
+            descr(RmapItem, "rb_right"),
+            descr(RmapItem, "rb_red"),
+            descr(RmapItem, "mm"),
+            descr(RmapItem, "oldchecksum"),
+            descr(RmapItem, "anon_vma"),
+            descr(RmapItem, "head"),
+            descr(RmapItem, "hnext"),
+            descr(RmapItem, "hprev"),
+            descr(RmapItem, "tree_page"),
+            descr(KsmWork, "scanned"),
+            descr(KsmWork, "checksums"),
+            descr(KsmWork, "items_allocated"),
+            descr(MmStruct, "ksm_rmap_items"),
+            PAGE_MAPPING_FLAGS,
+            descr(KsmWork, "memcmps"),
+            UNSTABLE_FLAG,
+            SEQNR_MASK,
+            STABLE_FLAG,
+        )
+        visit_ready = True
+        free_scanned_c = _speedups.free_scanned
+        _speedups.find_setup(
+            descr(StableNode, "dups"), descr(StableNode, "chain_prune_time"), PG_locked
+        )
+        stable_find_c = _speedups.stable_find
     unstable_skip_c = _speedups.unstable_skip
     stable_skip_c = _speedups.stable_skip
     dup_skip_c = _speedups.dup_skip
     rb_insert_color_c = _speedups.rb_insert_color
     scan_ptes_c = _speedups.scan_ptes
     HAVE_C_HELPERS = True
+
+
+def first_visit_enabled(shortcuts: Shortcuts) -> bool:
+    """Tell whether the C pte loop may take the first_visit shortcut (it needs ``c_helpers``
+    and the C frame base)."""
+    if shortcuts.c_helpers and not HAVE_C_HELPERS:
+        _setup_c()
+    return shortcuts.first_visit and shortcuts.c_helpers and visit_ready
+
+
+def stable_find_function(shortcuts: Shortcuts) -> Callable[..., tuple[Any, Any, int]] | None:
+    """Return the C walk of stable_tree_search() that also takes the node found
+    (``stable_skip`` with ``c_helpers`` and the C frame base), else None; its twin is
+    stable_skip_py() and the tests after it in stable_tree_search()."""
+    if shortcuts.c_helpers and not HAVE_C_HELPERS:
+        _setup_c()
+    return stable_find_c if shortcuts.stable_skip and shortcuts.c_helpers else None
+
+
+def fused_free_function(shortcuts: Shortcuts) -> Callable[..., bool] | None:
+    """Return free_scanned of ksmsim._speedups with ``fused_free`` and ``c_helpers`` and the C
+    frame base, else None (the exact put_page())."""
+    if shortcuts.c_helpers and not HAVE_C_HELPERS:
+        _setup_c()
+    return free_scanned_c if shortcuts.fused_free and shortcuts.c_helpers else None
+
+
+def try_merge_function(shortcuts: Shortcuts) -> Callable[..., bool] | None:
+    """Return the C twin of Ksm.try_to_merge_with_ksm_page_fused() with ``fused_merge`` and
+    ``c_helpers``, else None (use the method, or with ``fused_merge`` off, no shortcut)."""
+    if shortcuts.c_helpers and not HAVE_C_HELPERS:
+        _setup_c()
+    return try_merge_fused_c if shortcuts.fused_merge and shortcuts.c_helpers else None
+
+
+def fused_merge_function(shortcuts: Shortcuts) -> Callable[..., bool] | None:
+    """Return the C twin of Ksm.merge_with_ksm_page_fused() with ``fused_merge`` and
+    ``c_helpers``, else None (use the method, or with ``fused_merge`` off, no shortcut)."""
+    if shortcuts.c_helpers and not HAVE_C_HELPERS:
+        _setup_c()
+    return merge_fused_c if shortcuts.fused_merge and shortcuts.c_helpers else None
 
 
 def scan_ptes_function(shortcuts: Shortcuts) -> Callable[..., Any] | None:

@@ -331,7 +331,8 @@ def do_swap_page(vma: VmArea, address: int, pte: int, write: bool) -> int:
     mapping may have that very page (``ksm_might_need_to_copy``): the first mapping to fault
     after a KSM page was freed from the swap cache gets it as an ordinary anonymous page, other
     mappings get private copies. A write takes the page over if nothing else needs it, else
-    copies it (``reuse_swap_page`` refuses KSM pages).
+    copies it (``reuse_swap_page`` refuses KSM pages); if that copy fails, only the error is
+    returned, as the kernel masks it (VM_FAULT_MAJOR dropped).
     """
     from ksmsim.kernel.swap_state import lookup_swap_cache, read_swap_cache_async
     from ksmsim.kernel.swapfile import try_to_free_swap
@@ -374,4 +375,7 @@ def do_swap_page(vma: VmArea, address: int, pte: int, write: bool) -> int:
     unlock_page(page)
     if write:
         ret |= do_wp_page(vma, address, new_pte)
+        if ret & VM_FAULT_ERROR:
+            # An error is all the caller hears of: not that the page came from swap.
+            ret &= VM_FAULT_ERROR
     return ret

@@ -236,8 +236,25 @@ def shrink_active_list(machine: Machine, nr: int) -> None:
         machine.zone.put_page(page)
 
 
+def can_reclaim_anon_pages(machine: Machine) -> bool:
+    """Tell whether reclaim may scan the anonymous lists: only while a swap slot is free
+    (nr_swap_pages > 0): get_scan_count()'s test (get_scan_ratio() in 2.6.33),
+    can_reclaim_anon_pages() in 6.x."""
+    swap = machine.swap
+    return swap is not None and swap.nr_free() > 0
+
+
 def shrink_zone(machine: Machine, nr_to_reclaim: int) -> int:
-    """Reclaim up to ``nr_to_reclaim`` pages, a cluster at a time: shrink_zone()."""
+    """Reclaim up to ``nr_to_reclaim`` pages, a cluster at a time: shrink_zone().
+
+    With swap full the kernel does not scan anonymous pages at all (get_scan_count() gives
+    them no share, and the closing shrink_active_list() wants nr_swap_pages > 0). Every LRU
+    page of the model is anonymous, so such a reclaim does nothing.
+    """
+    if not can_reclaim_anon_pages(machine):
+        # Scanning anyway would unmap swap-cache pages it cannot free: among them the page a
+        # write fault is copying, so the fault's retry would meet a swap entry again, forever.
+        return 0
     lru = machine.lru
     freed = 0
     budget = 2 * len(lru) + SWAP_CLUSTER_MAX

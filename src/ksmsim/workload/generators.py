@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from typing import Any
 
+from ksmsim.kernel.profile import PROFILES
 from ksmsim.workload import tomlwrite
+from ksmsim.workload.scenario import DEFAULT_KERNEL
 
 PATTERNS = ("zero", "unique", "repeat:2", "repeat:5", "x", "y", 7)
+_FEATURE_TUNABLES = {"use_zero_pages": "zero_pages", "smart_scan": "smart_scan"}
+"""The tunables a ``set`` may draw that only some profiles have, with the profile feature."""
 
 
 def random_mix(seed: int, *, steps: int = 30, kernel: str | None = None) -> dict[str, Any]:
     """Return a random but valid scenario exercising every action, reproducible from ``seed``."""
     rng = random.Random(seed)
+    profile = PROFILES.get(kernel if kernel is not None else DEFAULT_KERNEL)
     procs: dict[str, dict[str, int]] = {}
     names = iter(f"p{i}" for i in range(1000))
     processes = []
@@ -162,13 +168,17 @@ def random_mix(seed: int, *, steps: int = 30, kernel: str | None = None) -> dict
                 }
             )
         elif op == "set":
-            name, value = rng.choice(
-                [
-                    ("use_zero_pages", rng.randint(0, 1)),
-                    ("smart_scan", rng.randint(0, 1)),
-                    ("pages_to_scan", rng.choice([7, 50, 100000])),
-                ]
-            )
+            choices = [
+                ("use_zero_pages", rng.randint(0, 1)),
+                ("smart_scan", rng.randint(0, 1)),
+                ("pages_to_scan", rng.choice([7, 50, 100000])),
+            ]
+            name, value = rng.choice(choices)
+            feature = _FEATURE_TUNABLES.get(name)
+            if profile is not None and feature is not None and not getattr(profile, feature):
+                # That kernel has no such file: the write would end the scenario there. The
+                # draws stay the same, so the mixes of kernels that have it are unchanged.
+                name, value = choices[-1]
             timeline.append({"op": "set", "tunables": {name: value}})
         elif op == "unmerge_all":
             snaps += 1
@@ -245,13 +255,41 @@ def _tunables(pages_to_scan: int | None, sleep_millisecs: int | None) -> dict[st
     return out
 
 
+RegionSpec = tuple[str, int, str, str]
+"""A member's region: name, pages, fill pattern and salt ("" for none)."""
+Member = tuple[str, list[dict[str, Any]], float]
+"""A fleet member: process name, region tables, and the hot region's writes per second."""
+
+
+def _fleet_members(
+    prefix: str,
+    count: int,
+    layout: Callable[[int], list[RegionSpec]],
+    rng: random.Random,
+    writes_per_s: Rate,
+) -> list[Member]:
+    """Return ``count`` members named ``prefix`` and a zero-padded number: member i maps the
+    regions of ``layout(i)`` that have pages, and its writer's rate is drawn after the layout
+    (so a layout's own draws from ``rng`` come first)."""
+    width = len(str(count - 1))
+    members = []
+    for i in range(count):
+        regions = [
+            _region(name, pages, fill, salt) for name, pages, fill, salt in layout(i) if pages
+        ]
+        members.append(
+            (f"{prefix}{i:0{width}d}", regions, _rate(rng, writes_per_s, "writes_per_s"))
+        )
+    return members
+
+
 def _fleet_doc(
     *,
     description: str,
     seed: int,
     kernel: str | None,
     tunables: dict[str, int],
-    members: list[tuple[str, list[dict[str, Any]], float]],
+    members: list[Member],
     stagger_s: float,
     run_s: float,
 ) -> dict[str, Any]:
@@ -330,19 +368,16 @@ def vm_fleet(
     private_all = total - shared - zero
     hot = round(private_all * hot_fraction)
     private = private_all - hot
-    width = len(str(guests - 1))
-    members = []
-    for g in range(guests):
-        regions = []
-        if shared:
-            regions.append(_region("image", shared, f"repeat:{shared}", f"image{g % images}"))
-        if zero:
-            regions.append(_region("zero", zero, "zero"))
-        if private:
-            regions.append(_region("private", private, "unique"))
-        if hot:
-            regions.append(_region("hot", hot, "unique"))
-        members.append((f"vm{g:0{width}d}", regions, _rate(rng, writes_per_s, "writes_per_s")))
+
+    def layout(g: int) -> list[RegionSpec]:
+        return [
+            ("image", shared, f"repeat:{shared}", f"image{g % images}"),
+            ("zero", zero, "zero", ""),
+            ("private", private, "unique", ""),
+            ("hot", hot, "unique", ""),
+        ]
+
+    members = _fleet_members("vm", guests, layout, rng, writes_per_s)
     description = (
         f"VM fleet: {guests} guests x {guest_mib:g} MiB from {images} image(s); shared "
         f"{shared_fraction:g}, zero {zero_fraction:g}, hot {hot_fraction:g} of private; boots "
@@ -405,22 +440,18 @@ def container_fleet(
     zero = round(own * zero_fraction)
     hot = round(own * hot_fraction)
     heap = own - zero - hot
-    width = len(str(containers - 1))
-    members = []
-    for c in range(containers):
-        image = rng.randrange(images)
-        regions = []
-        if runtime:
-            regions.append(_region("runtime", runtime, f"repeat:{runtime}", "runtime"))
-        if libs:
-            regions.append(_region("libs", libs, f"repeat:{libs}", f"image{image}"))
-        if zero:
-            regions.append(_region("zero", zero, "zero"))
-        if heap:
-            regions.append(_region("heap", heap, "unique"))
-        if hot:
-            regions.append(_region("hot", hot, "unique"))
-        members.append((f"ct{c:0{width}d}", regions, _rate(rng, writes_per_s, "writes_per_s")))
+
+    def layout(_c: int) -> list[RegionSpec]:
+        image = rng.randrange(images)  # drawn for every container, before its rate
+        return [
+            ("runtime", runtime, f"repeat:{runtime}", "runtime"),
+            ("libs", libs, f"repeat:{libs}", f"image{image}"),
+            ("zero", zero, "zero", ""),
+            ("heap", heap, "unique", ""),
+            ("hot", hot, "unique", ""),
+        ]
+
+    members = _fleet_members("ct", containers, layout, rng, writes_per_s)
     description = (
         f"container fleet: {containers} containers, runtime {runtime_mib:g} MiB shared by all, "
         f"{images} image(s) of {image_mib:g} MiB, {private_mib:g} MiB private each; seed {seed}"
