@@ -67,18 +67,18 @@ class KsmdCost:
 
     def charge(self, before: dict[str, int], after: KsmWork, checksum: str) -> int:
         """Return the CPU time of the work done between two snapshots of ksmd's counts."""
-        d = {k: v - before[k] for k, v in after.as_dict().items()}
         per_csum = self.checksum_jhash2 if checksum == "jhash2" else self.checksum_xxhash
+        # The differences read straight off ``after`` (ksmd charges this every batch).
         return (
             self.batch
-            + d["addresses"] * self.address
-            + d["scanned"] * self.scanned
-            + d["checksums"] * per_csum
-            + d["memcmps"] * self.memcmp
-            + d["merges"] * self.merge
-            + d["kpage_copies"] * self.kpage_copy
-            + d["items_allocated"] * self.item_alloc
-            + d["break_cows"] * self.break_cow
+            + (after.addresses - before["addresses"]) * self.address
+            + (after.scanned - before["scanned"]) * self.scanned
+            + (after.checksums - before["checksums"]) * per_csum
+            + (after.memcmps - before["memcmps"]) * self.memcmp
+            + (after.merges - before["merges"]) * self.merge
+            + (after.kpage_copies - before["kpage_copies"]) * self.kpage_copy
+            + (after.items_allocated - before["items_allocated"]) * self.item_alloc
+            + (after.break_cows - before["break_cows"]) * self.break_cow
         )
 
     def as_dict(self) -> dict[str, int]:
