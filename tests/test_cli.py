@@ -840,3 +840,32 @@ def test_subprocess_python_m_version() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"ksmsim {ksmsim.__version__}"
+
+
+@pytest.mark.parametrize("to_stdout", [False, True])
+@pytest.mark.parametrize("expect_ok", [True, False])
+def test_subprocess_run_ends_at_once_with_the_same_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], to_stdout: bool, expect_ok: bool
+) -> None:
+    """``ksmsim run`` in a process of its own (which ends with os._exit after its output):
+    the same result, the same exit status and the same stderr as main() in-process."""
+    doc = small()
+    doc["timeline"][0]["expect"] = {"pages_sharing": 2 if expect_ok else 99}
+    path = write(tmp_path, doc)
+    out_file = tmp_path / "out.json"
+    target = "-" if to_stdout else str(out_file)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ksmsim", "run", str(path), "-o", target],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    status, out, err = cli(capsys, "run", path, "-o", "-")
+    assert proc.returncode == status == (0 if expect_ok else 1)
+    assert proc.stderr == err
+    theirs = json.loads(proc.stdout if to_stdout else out_file.read_text())
+    mine = json.loads(out)
+    theirs.pop("wall_time_s")
+    mine.pop("wall_time_s")
+    assert theirs == mine

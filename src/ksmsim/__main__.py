@@ -1,5 +1,5 @@
 """``python -m ksmsim``: the same as the ``ksmsim`` command."""
 
-from ksmsim.cli import main
+from ksmsim.cli import entry
 
-raise SystemExit(main())
+entry()

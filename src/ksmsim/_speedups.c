@@ -46,6 +46,10 @@
  *     The fields of a page frame in C, the base of ksmsim.kernel.page.Page
  *     when the extension is built (same attributes as the pure-Python base).
  *
+ * page_run_setup(page_type, new_table), write_page_run(mm, vma, address, count, source, index)
+ *     Runs of whole-page user writes (a fill, a background writer) as
+ *     ksmsim.kernel.memory_shortcuts.write_page_run_py does them.
+ *
  * Written for ksmsim; plain C99 plus the CPython API, no other dependencies.
  */
 #define PY_SSIZE_T_CLEAN
@@ -696,6 +700,558 @@ static PyTypeObject PageBase_Type = {
     .tp_init = (initproc)pagebase_init,
     .tp_new = PyType_GenericNew,
 };
+
+/* ===========================================================================
+ * write_page_run: runs of whole-page user writes (fill_batch, memory_shortcuts)
+ *
+ * page_run_setup(page_type, new_table) -> bool
+ *     Tell write_page_run the frame class (a subclass of PageBase adding no
+ *     fields) and the pte-table constructor; False when frames do not use
+ *     PageBase (the pure-Python twin runs then).
+ *
+ * write_page_run(mm, vma, address, count, source, index) -> int
+ *     ksmsim.kernel.memory_shortcuts.write_page_run_py, step for step: write
+ *     the pages a PageSource generates to a run of pages of one writable area,
+ *     taking the never-touched and the mapped-writable cases as
+ *     do_anonymous_page() and the write would, and stop at the first page in
+ *     neither; return how many pages were written.
+ * ======================================================================== */
+
+#define RUN_PAGE_SHIFT 12
+#define RUN_PAGE_SIZE 4096
+#define RUN_PTRS_PER_PTE 512
+#define RUN_PAGE_PRESENT 0x1ULL
+#define RUN_PAGE_RW 0x2ULL
+#define RUN_PAGE_DIRTY 0x4ULL
+#define RUN_PAGE_ACCESSED 0x8ULL
+#define RUN_PAGE_SPECIAL 0x10ULL
+#define RUN_PG_UPTODATE (1L << 2)
+#define RUN_PG_LRU (1L << 4)
+#define RUN_PG_ACTIVE (1L << 5)
+#define RUN_PG_SWAPBACKED (1L << 7)
+#define RUN_MAPPING_ANON 1
+
+static PyTypeObject *run_page_type = NULL;
+static PyObject *run_new_table = NULL;
+/* Attribute names, interned once by page_run_setup(). */
+static PyObject *run_s_pgd, *run_s_machine, *run_s_zone, *run_s_mem_map, *run_s_free, *run_s_lru, *run_s_active, *run_s_reuse_order, *run_s_anon_vma, *run_s_nr_free, *run_s_fresh, *run_s_present_pages, *run_s_vm_start, *run_s_vm_pgoff, *run_s_map_generation, *run_s_nr_anon_pages, *run_s_anon_rss;
+
+PyDoc_STRVAR(page_run_setup_doc,
+"page_run_setup(page_type, new_table, /)\n"
+"--\n"
+"\n"
+"Tell write_page_run the frame class and the pte-table constructor; return whether\n"
+"the frames use PageBase (else write_page_run refuses to run).");
+
+static PyObject *
+speedups_page_run_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyTypeObject *type;
+    (void)module;
+    if (nargs != 2 || !PyType_Check(args[0]) || !PyCallable_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "page_run_setup(page_type, new_table)");
+        return NULL;
+    }
+    type = (PyTypeObject *)args[0];
+    if (run_s_pgd == NULL && (run_s_pgd = PyUnicode_InternFromString("pgd")) == NULL)
+        return NULL;
+    if (run_s_machine == NULL && (run_s_machine = PyUnicode_InternFromString("machine")) == NULL)
+        return NULL;
+    if (run_s_zone == NULL && (run_s_zone = PyUnicode_InternFromString("zone")) == NULL)
+        return NULL;
+    if (run_s_mem_map == NULL && (run_s_mem_map = PyUnicode_InternFromString("mem_map")) == NULL)
+        return NULL;
+    if (run_s_free == NULL && (run_s_free = PyUnicode_InternFromString("_free")) == NULL)
+        return NULL;
+    if (run_s_lru == NULL && (run_s_lru = PyUnicode_InternFromString("lru")) == NULL)
+        return NULL;
+    if (run_s_active == NULL && (run_s_active = PyUnicode_InternFromString("active")) == NULL)
+        return NULL;
+    if (run_s_reuse_order == NULL && (run_s_reuse_order = PyUnicode_InternFromString("reuse_order")) == NULL)
+        return NULL;
+    if (run_s_anon_vma == NULL && (run_s_anon_vma = PyUnicode_InternFromString("anon_vma")) == NULL)
+        return NULL;
+    if (run_s_nr_free == NULL && (run_s_nr_free = PyUnicode_InternFromString("nr_free")) == NULL)
+        return NULL;
+    if (run_s_fresh == NULL && (run_s_fresh = PyUnicode_InternFromString("_fresh")) == NULL)
+        return NULL;
+    if (run_s_present_pages == NULL && (run_s_present_pages = PyUnicode_InternFromString("present_pages")) == NULL)
+        return NULL;
+    if (run_s_vm_start == NULL && (run_s_vm_start = PyUnicode_InternFromString("vm_start")) == NULL)
+        return NULL;
+    if (run_s_vm_pgoff == NULL && (run_s_vm_pgoff = PyUnicode_InternFromString("vm_pgoff")) == NULL)
+        return NULL;
+    if (run_s_map_generation == NULL && (run_s_map_generation = PyUnicode_InternFromString("map_generation")) == NULL)
+        return NULL;
+    if (run_s_nr_anon_pages == NULL && (run_s_nr_anon_pages = PyUnicode_InternFromString("nr_anon_pages")) == NULL)
+        return NULL;
+    if (run_s_anon_rss == NULL && (run_s_anon_rss = PyUnicode_InternFromString("anon_rss")) == NULL)
+        return NULL;
+    if (!PyType_IsSubtype(type, &PageBase_Type) ||
+        type->tp_basicsize != PageBase_Type.tp_basicsize || type->tp_dictoffset != 0)
+        Py_RETURN_FALSE;
+    Py_INCREF(type);
+    Py_XSETREF(run_page_type, type);
+    Py_INCREF(args[1]);
+    Py_XSETREF(run_new_table, args[1]);
+    Py_RETURN_TRUE;
+}
+
+/* Read an integer attribute as a C long long (-1 with an error set on failure). */
+static long long
+run_get_ll(PyObject *obj, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    long long x;
+    if (v == NULL)
+        return -1;
+    x = PyLong_AsLongLong(v);
+    Py_DECREF(v);
+    return x;
+}
+
+/* Add delta to an integer attribute (0, or -1 with an error set). */
+static int
+run_add_ll(PyObject *obj, PyObject *name, long long delta)
+{
+    long long x;
+    PyObject *v;
+    int rc;
+    if (delta == 0)
+        return 0;
+    x = run_get_ll(obj, name);
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    v = PyLong_FromLongLong(x + delta);
+    if (v == NULL)
+        return -1;
+    rc = PyObject_SetAttr(obj, name, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+/* Set an int attribute to a value (0, or -1 with an error set). */
+static int
+run_set_ll(PyObject *obj, PyObject *name, long long value)
+{
+    PyObject *v = PyLong_FromLongLong(value);
+    int rc;
+    if (v == NULL)
+        return -1;
+    rc = PyObject_SetAttr(obj, name, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+/* A PageText of head + "%d|" % i and filler (a new reference), or NULL: with an error set on
+ * failure, without one where the head would be longer than a page. */
+static PyObject *
+run_numbered(PyObject *head, long long filler, long long i)
+{
+    char buf[RUN_PAGE_SIZE + 32], digits[24];
+    Py_ssize_t hlen = PyBytes_GET_SIZE(head), n = 0;
+    unsigned long long u = (unsigned long long)i;
+    if (hlen > RUN_PAGE_SIZE)
+        return NULL;
+    do {
+        digits[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (hlen + n + 1 > RUN_PAGE_SIZE)
+        return NULL;
+    memcpy(buf, PyBytes_AS_STRING(head), (size_t)hlen);
+    for (Py_ssize_t k = 0; k < n; k++)
+        buf[hlen + k] = digits[n - 1 - k];
+    buf[hlen + n] = '|';
+    return pagetext_make(&PageText_Type, buf, hlen + n + 1, (unsigned char)filler, RUN_PAGE_SIZE);
+}
+
+/* The contents the source gives page i (a new reference), or NULL: with an error set on
+ * failure, without one where the source gives none (memory_shortcuts.source_page). */
+static PyObject *
+run_source_page(long kind, PyObject *obj, long long modulus, PyObject *head, long long filler,
+                long long i)
+{
+    long long r;
+    PyObject *item;
+    if (kind == 0) {
+        Py_INCREF(obj);
+        return obj;
+    }
+    if (i < 0)
+        return NULL;
+    if (kind == 1)
+        return run_numbered(head, filler, i);
+    r = i % modulus;
+    while (PyList_GET_SIZE(obj) <= r) {  /* grown with no gaps, as source_page() grows it */
+        PyObject *text = run_numbered(head, filler, PyList_GET_SIZE(obj));
+        int rc;
+        if (text == NULL)
+            return NULL;
+        rc = PyList_Append(obj, text);
+        Py_DECREF(text);
+        if (rc < 0)
+            return NULL;
+    }
+    item = PyList_GET_ITEM(obj, r);
+    Py_INCREF(item);
+    return item;
+}
+
+/* What an allocation needs from the machine, read at the first never-touched page. */
+typedef struct {
+    int loaded;
+    PyObject *machine, *zone, *mem_map, *free, *lru_active, *anon_vma;
+    long long nr_free, fresh, present, vm_start, vm_pgoff;
+    int hot;
+    long long allocated, fresh_used;
+} run_alloc_t;
+
+static int
+run_alloc_load(run_alloc_t *a, PyObject *mm, PyObject *vma)
+{
+    PyObject *lru = NULL, *order = NULL;
+    a->loaded = 1;
+    if (!(a->machine = PyObject_GetAttr(mm, run_s_machine)) ||
+        !(a->zone = PyObject_GetAttr(a->machine, run_s_zone)) ||
+        !(a->mem_map = PyObject_GetAttr(a->zone, run_s_mem_map)) ||
+        !(a->free = PyObject_GetAttr(a->zone, run_s_free)) ||
+        !(lru = PyObject_GetAttr(a->machine, run_s_lru)) ||
+        !(a->lru_active = PyObject_GetAttr(lru, run_s_active)) ||
+        !(order = PyObject_GetAttr(a->zone, run_s_reuse_order)) ||
+        !(a->anon_vma = PyObject_GetAttr(vma, run_s_anon_vma))) {
+        Py_XDECREF(lru);
+        Py_XDECREF(order);
+        return -1;
+    }
+    Py_DECREF(lru);
+    a->hot = PyUnicode_Check(order) && PyUnicode_CompareWithASCIIString(order, "hot") == 0;
+    Py_DECREF(order);
+    if (!PyList_Check(a->mem_map) || !PyDict_Check(a->lru_active)) {
+        PyErr_SetString(PyExc_TypeError, "write_page_run: mem_map is a list, lru.active a dict");
+        return -1;
+    }
+    a->nr_free = run_get_ll(a->zone, run_s_nr_free);
+    a->fresh = run_get_ll(a->zone, run_s_fresh);
+    a->present = run_get_ll(a->zone, run_s_present_pages);
+    a->vm_start = run_get_ll(vma, run_s_vm_start);
+    a->vm_pgoff = run_get_ll(vma, run_s_vm_pgoff);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+/* A frame with count 1, as Zone.alloc_page() hands it out (a new reference), or NULL with an
+ * error set.  The zone's counters are kept in *a and written back by run_alloc_flush(). */
+static PageBaseObject *
+run_alloc_page(run_alloc_t *a)
+{
+    PageBaseObject *p;
+    PyObject *one;
+    Py_ssize_t nfree = PyObject_Size(a->free);
+    if (nfree < 0)
+        return NULL;
+    if (nfree > 0) {
+        p = (PageBaseObject *)PyObject_CallMethod(a->free, a->hot ? "pop" : "popleft", NULL);
+        if (p == NULL)
+            return NULL;
+        if (!PyObject_TypeCheck((PyObject *)p, run_page_type)) {
+            Py_DECREF(p);
+            PyErr_SetString(PyExc_TypeError, "write_page_run: a foreign frame on the free list");
+            return NULL;
+        }
+    } else {
+        long long pfn = a->fresh;
+        PyObject *cur;
+        if (pfn > a->present || pfn >= PyList_GET_SIZE(a->mem_map)) {
+            PyErr_SetString(PyExc_AssertionError, "write_page_run: no frame although nr_free");
+            return NULL;
+        }
+        cur = PyList_GET_ITEM(a->mem_map, pfn);
+        if (cur != Py_None) {  /* pfn_to_page(): a frame made earlier */
+            if (!PyObject_TypeCheck(cur, run_page_type)) {
+                PyErr_SetString(PyExc_TypeError, "write_page_run: a foreign frame in mem_map");
+                return NULL;
+            }
+            Py_INCREF(cur);
+            p = (PageBaseObject *)cur;
+        } else {  /* Page(pfn), as pagebase_init() makes it */
+            PyObject *zero = PyLong_FromLong(0);
+            p = (PageBaseObject *)run_page_type->tp_alloc(run_page_type, 0);
+            if (p == NULL)
+                return NULL;
+            p->pfn = (unsigned int)pfn;
+            p->index = 0;
+            p->private_ = 0;
+            Py_INCREF(zero); p->count = zero;
+            Py_INCREF(zero); p->mapcount = zero;
+            Py_INCREF(zero); p->mapping_flags = zero;
+            Py_INCREF(zero); p->flags = zero;
+            p->csum = zero;
+            Py_INCREF(Py_None); p->mapping = Py_None;
+            Py_INCREF(Py_None); p->data = Py_None;
+            Py_INCREF(Py_None); p->csum_of = Py_None;
+            Py_INCREF(p);
+            PyList_SET_ITEM(a->mem_map, pfn, (PyObject *)p);
+            Py_DECREF(cur);  /* None */
+        }
+        a->fresh++;
+        a->fresh_used = 1;
+    }
+    a->nr_free--;
+    a->allocated++;
+    one = PyLong_FromLong(1);
+    Py_XSETREF(p->count, one);
+    return p;
+}
+
+static void
+run_alloc_clear(run_alloc_t *a)
+{
+    Py_XDECREF(a->machine);
+    Py_XDECREF(a->zone);
+    Py_XDECREF(a->mem_map);
+    Py_XDECREF(a->free);
+    Py_XDECREF(a->lru_active);
+    Py_XDECREF(a->anon_vma);
+}
+
+PyDoc_STRVAR(write_page_run_doc,
+"write_page_run(mm, vma, address, count, source, index, /)\n"
+"--\n"
+"\n"
+"Write the pages source generates to a run of pages of a writable area, as\n"
+"memory_shortcuts.write_page_run_py; return how many pages were written.");
+
+static PyObject *
+speedups_write_page_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *mm, *vma, *source, *pgd = NULL, *obj, *head, *table = NULL, *key = NULL;
+    PyObject *mem_map = NULL;
+    long long address, count, index, modulus, filler, done = 0, cur_key = -1, new_maps = 0;
+    long kind;
+    Py_buffer view;
+    int have_view = 0, failed = 0;
+    run_alloc_t a;
+    (void)module;
+    memset(&a, 0, sizeof(a));
+    if (nargs != 6 || !PyTuple_Check(args[4]) || PyTuple_GET_SIZE(args[4]) != 5) {
+        PyErr_SetString(PyExc_TypeError,
+                        "write_page_run(mm, vma, address, count, source, index)");
+        return NULL;
+    }
+    if (run_page_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "write_page_run: page_run_setup() first");
+        return NULL;
+    }
+    mm = args[0];
+    vma = args[1];
+    source = args[4];
+    address = PyLong_AsLongLong(args[2]);
+    count = PyLong_AsLongLong(args[3]);
+    index = PyLong_AsLongLong(args[5]);
+    /* source: PageSource(kind, obj, modulus, head, filler) */
+    kind = PyLong_AsLong(PyTuple_GET_ITEM(source, 0));
+    obj = PyTuple_GET_ITEM(source, 1);
+    modulus = PyLong_AsLongLong(PyTuple_GET_ITEM(source, 2));
+    head = PyTuple_GET_ITEM(source, 3);
+    filler = PyLong_AsLongLong(PyTuple_GET_ITEM(source, 4));
+    if (PyErr_Occurred())
+        return NULL;
+    if (kind < 0 || kind > 2 ||
+        (kind != 0 && (!PyBytes_Check(head) || filler < 0 || filler > 255)) ||
+        (kind == 2 && (!PyList_Check(obj) || modulus < 1))) {
+        PyErr_SetString(PyExc_TypeError, "write_page_run: a malformed source");
+        return NULL;
+    }
+    pgd = PyObject_GetAttr(mm, run_s_pgd);
+    if (pgd == NULL)
+        return NULL;
+    if (!PyDict_Check(pgd)) {
+        Py_DECREF(pgd);
+        PyErr_SetString(PyExc_TypeError, "write_page_run: mm.pgd is a dict");
+        return NULL;
+    }
+    while (done < count) {
+        long long addr = address + (done << RUN_PAGE_SHIFT);
+        long long vpn = addr >> RUN_PAGE_SHIFT, k = vpn >> 9;
+        unsigned long long pte;
+        uint64_t *ptes;
+        PyObject *data = run_source_page(kind, obj, modulus, head, filler, index + done);
+        if (data == NULL) {
+            failed = PyErr_Occurred() != NULL;
+            break;
+        }
+        if (k != cur_key) {  /* the pte table of this page, as the pgd holds it */
+            if (have_view) {
+                PyBuffer_Release(&view);
+                have_view = 0;
+            }
+            Py_CLEAR(table);
+            Py_XSETREF(key, PyLong_FromLongLong(k));
+            if (key == NULL) {
+                Py_DECREF(data);
+                failed = 1;
+                break;
+            }
+            table = PyDict_GetItemWithError(pgd, key);
+            Py_XINCREF(table);
+            if (table == NULL && PyErr_Occurred()) {
+                Py_DECREF(data);
+                failed = 1;
+                break;
+            }
+            if (table != NULL) {
+                if (PyObject_GetBuffer(table, &view, PyBUF_WRITABLE | PyBUF_FORMAT) < 0) {
+                    Py_DECREF(data);
+                    failed = 1;
+                    break;
+                }
+                have_view = 1;
+                if (view.itemsize != 8 || view.len != 8 * RUN_PTRS_PER_PTE) {
+                    Py_DECREF(data);
+                    PyErr_SetString(PyExc_TypeError, "write_page_run: a malformed pte table");
+                    failed = 1;
+                    break;
+                }
+            }
+            cur_key = k;
+        }
+        pte = have_view ? ((uint64_t *)view.buf)[vpn & (RUN_PTRS_PER_PTE - 1)] : 0;
+        if ((pte & (RUN_PAGE_PRESENT | RUN_PAGE_RW | RUN_PAGE_SPECIAL)) ==
+            (RUN_PAGE_PRESENT | RUN_PAGE_RW)) {
+            /* Mapped writable: no fault, the access marks the pte young and dirty. */
+            PyObject *page;
+            unsigned long long pfn = pte >> RUN_PAGE_SHIFT;
+            if (mem_map == NULL) {
+                PyObject *machine = PyObject_GetAttr(mm, run_s_machine), *zone;
+                zone = machine ? PyObject_GetAttr(machine, run_s_zone) : NULL;
+                Py_XDECREF(machine);
+                mem_map = zone ? PyObject_GetAttr(zone, run_s_mem_map) : NULL;
+                Py_XDECREF(zone);
+                if (mem_map == NULL) {
+                    Py_DECREF(data);
+                    failed = 1;
+                    break;
+                }
+            }
+            if (!PyList_Check(mem_map) || pfn >= (unsigned long long)PyList_GET_SIZE(mem_map)) {
+                Py_DECREF(data);
+                break;
+            }
+            page = PyList_GET_ITEM(mem_map, (Py_ssize_t)pfn);
+            if (!PyObject_TypeCheck(page, run_page_type)) {  /* None: the exact path's */
+                Py_DECREF(data);
+                break;
+            }
+            ptes = (uint64_t *)view.buf;
+            ptes[vpn & (RUN_PTRS_PER_PTE - 1)] = pte | RUN_PAGE_ACCESSED | RUN_PAGE_DIRTY;
+            Py_XSETREF(((PageBaseObject *)page)->data, data);
+            done++;
+            continue;
+        }
+        if (pte != 0) {
+            Py_DECREF(data);
+            break;  /* a fault of another kind: the exact path's */
+        }
+        if (!a.loaded && run_alloc_load(&a, mm, vma) < 0) {
+            Py_DECREF(data);
+            failed = 1;
+            break;
+        }
+        if (a.anon_vma == Py_None || a.nr_free <= 0) {
+            Py_DECREF(data);
+            break;  /* anon_vma_prepare() or an allocation failure: the exact path's */
+        }
+        {
+            /* Never touched: do_anonymous_page() for a write, then the store. */
+            PageBaseObject *p = run_alloc_page(&a);
+            long flags;
+            PyObject *v;
+            if (p == NULL) {
+                Py_DECREF(data);
+                failed = 1;
+                break;
+            }
+            if (table == NULL) {  /* set_pte_at() allocates the table */
+                table = PyObject_CallNoArgs(run_new_table);
+                if (table == NULL || PyDict_SetItem(pgd, key, table) < 0 ||
+                    PyObject_GetBuffer(table, &view, PyBUF_WRITABLE | PyBUF_FORMAT) < 0) {
+                    Py_DECREF(p);
+                    Py_DECREF(data);
+                    failed = 1;
+                    break;
+                }
+                have_view = 1;
+                if (view.itemsize != 8 || view.len != 8 * RUN_PTRS_PER_PTE) {
+                    Py_DECREF(p);
+                    Py_DECREF(data);
+                    PyErr_SetString(PyExc_TypeError, "write_page_run: a malformed pte table");
+                    failed = 1;
+                    break;
+                }
+            }
+            flags = PyLong_AsLong(p->flags);
+            if (flags == -1 && PyErr_Occurred()) {
+                Py_DECREF(p);
+                Py_DECREF(data);
+                failed = 1;
+                break;
+            }
+            flags |= RUN_PG_SWAPBACKED | RUN_PG_UPTODATE | RUN_PG_LRU | RUN_PG_ACTIVE;
+            v = PyLong_FromLong(flags);
+            if (v == NULL || PyDict_SetItem(a.lru_active, (PyObject *)p, Py_None) < 0) {
+                Py_XDECREF(v);
+                Py_DECREF(p);
+                Py_DECREF(data);
+                failed = 1;
+                break;
+            }
+            Py_XSETREF(p->flags, v);
+            Py_XSETREF(p->mapcount, PyLong_FromLong(1));
+            Py_INCREF(a.anon_vma);
+            Py_XSETREF(p->mapping, a.anon_vma);
+            Py_XSETREF(p->mapping_flags, PyLong_FromLong(RUN_MAPPING_ANON));
+            p->index = (Py_ssize_t)(((addr - a.vm_start) >> RUN_PAGE_SHIFT) + a.vm_pgoff);
+            ((uint64_t *)view.buf)[vpn & (RUN_PTRS_PER_PTE - 1)] =
+                ((unsigned long long)p->pfn << RUN_PAGE_SHIFT) | RUN_PAGE_PRESENT |
+                RUN_PAGE_RW | RUN_PAGE_DIRTY | RUN_PAGE_ACCESSED;
+            Py_XSETREF(p->data, data);
+            Py_DECREF(p);
+            new_maps++;
+            done++;
+        }
+    }
+    if (have_view)
+        PyBuffer_Release(&view);
+    Py_XDECREF(table);
+    Py_XDECREF(key);
+    Py_XDECREF(mem_map);
+    Py_DECREF(pgd);
+    /* The counters of the pages made: the zone's, the machine's and the mm's. */
+    if (a.loaded && a.zone != NULL) {
+        PyObject *et = NULL, *ev = NULL, *tb = NULL;
+        int rc = 0;
+        if (failed)
+            PyErr_Fetch(&et, &ev, &tb);
+        if (a.allocated) {
+            rc |= run_set_ll(a.zone, run_s_nr_free, a.nr_free);
+            if (a.fresh_used)
+                rc |= run_set_ll(a.zone, run_s_fresh, a.fresh);
+        }
+        if (new_maps) {
+            rc |= run_add_ll(a.zone, run_s_map_generation, new_maps);
+            rc |= run_add_ll(a.machine, run_s_nr_anon_pages, new_maps);
+            rc |= run_add_ll(mm, run_s_anon_rss, new_maps);
+        }
+        if (failed)
+            PyErr_Restore(et, ev, tb);
+        else if (rc)
+            failed = 1;
+    }
+    run_alloc_clear(&a);
+    if (failed)
+        return NULL;
+    return PyLong_FromLongLong(done);
+}
 
 /* ---------------------------------------------------------------------------
  * Tree-walk shortcuts (ksmsim.kernel.ksm_shortcuts).
@@ -3727,6 +4283,12 @@ done:
 
 
 static PyMethodDef speedups_methods[] = {
+    /* write_page_run (memory_shortcuts) */
+    {"page_run_setup", (PyCFunction)(void (*)(void))speedups_page_run_setup, METH_FASTCALL,
+     page_run_setup_doc},
+    {"write_page_run", (PyCFunction)(void (*)(void))speedups_write_page_run, METH_FASTCALL,
+     write_page_run_doc},
+    /* the others */
     {"jhash2", (PyCFunction)(void (*)(void))speedups_jhash2, METH_FASTCALL, jhash2_doc},
     {"tree_setup", (PyCFunction)(void (*)(void))speedups_tree_setup, METH_FASTCALL,
      tree_setup_doc},

@@ -59,8 +59,13 @@ def _report_result(result: dict[str, Any]) -> int:
     return EXIT_OK if result["ok"] else EXIT_FAILED
 
 
+_exit_at_once = False
+"""Set by a command whose process has nothing left to do but free the model (``entry``)."""
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a scenario on the model and print (or write) its result."""
+    global _exit_at_once
     from ksmsim.workload.runner import RunError, run_scenario
 
     scenario = load_scenario(args.scenario)
@@ -72,7 +77,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UsageError(f"{exc} (the result so far is in {args.output})") from None
         raise UsageError(str(exc)) from None
     _write_json(result, args.output)
-    return _report_result(result)
+    status = _report_result(result)
+    _exit_at_once = True
+    return status
 
 
 def cmd_real(args: argparse.Namespace) -> int:
@@ -655,3 +662,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (``ksmsim ... | head``): stop quietly, as Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+
+
+def entry() -> NoReturn:
+    """The ``ksmsim`` command (and ``python -m ksmsim``): run main() and exit with its status.
+
+    After ``ksmsim run`` the process holds the whole simulated machine (a frame object per
+    page, rmap_items, nodes: millions of objects for a large scenario) and has nothing left to
+    do: its output is written and flushed, and it runs no exit handlers of its own. It then
+    ends at once (``os._exit``) instead of having the interpreter free every object one by
+    one (some 0.15 s for 4 x 128 MiB). Any other command, and a flush that fails, exits the
+    ordinary way.
+    """
+    status = main()
+    if _exit_at_once:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass  # the ordinary exit reports what it reports
+        else:
+            os._exit(status)
+    raise SystemExit(status)

@@ -47,15 +47,20 @@ with ``-`` to switch it off, applied to ``all``, e.g. ``-c_helpers`` or ``none,s
     mm's areas, their flags and its users are unchanged (all of which move the zone's
     ``map_generation``); otherwise, and at the end of each mm and batch, the exact path runs.
 ``fill_batch``
-    Whole-page user writes (a ``fill``) go through memory_shortcuts.write_user_pages(), which
-    takes the two common cases (a page never touched, a page mapped writable) in one loop
-    with the steps write_user_bytes() takes for them; see that module for the conditions.
+    Whole-page user writes (a ``fill``, a background writer's writes) go through
+    memory_shortcuts.write_user_pages(), which takes the two common cases (a page never
+    touched, a page mapped writable) in one loop with the steps write_user_bytes() takes for
+    them; see that module for the conditions. A fill or a writer hands a run of consecutive
+    pages of one area, with contents a ``PageSource`` generates (a constant page, ``unique``
+    and ``repeat:K`` pages as below), to write_page_run() there: the same loop over the run,
+    in C with ``c_helpers`` (its pure-Python twin otherwise), which stops at the first page
+    in neither case and leaves that page to write_user_bytes() (fill_batch.write_pattern).
 ``lazy_contents``
-    A ``fill`` writes each ``unique`` page as a ``PageText`` (the C extension's): its header
-    and filler byte, standing for the very same 4096 bytes and behaving as them wherever the
-    model uses contents (comparisons with bytes and with each other, hash, indexing, slices,
-    the buffer protocol that checksums and digests read). Needs ``c_helpers``; off, the fill
-    builds the bytes themselves.
+    A ``fill`` and a background writer write each ``unique`` and ``repeat:K`` page as a
+    ``PageText`` (the C extension's): its header and filler byte, standing for the very same
+    4096 bytes and behaving as them wherever the model uses contents (comparisons with bytes
+    and with each other, hash, indexing, slices, the buffer protocol that checksums and
+    digests read). Needs ``c_helpers``; off, they build the bytes themselves.
 ``content_checksum``
     calc_checksum() asks contents held as a ``PageText`` for their checksum, which the object
     computes once (with the profile's checksum function) and keeps: it is a function of the
@@ -142,10 +147,13 @@ with ``-`` to switch it off, applied to ``all``, e.g. ``-c_helpers`` or ``none,s
     (``pause_gc``). The model allocates many objects there and frees them by reference
     counting; the collector, which only reclaims unreachable cycles and runs no finalizer of
     the model's, would find nothing to change, and costs some 10% of a large scan. When the
-    collector is resumed, the objects the batch made are moved to the oldest generation
-    (gc.freeze() then gc.unfreeze()) rather than examined by the young collection the
-    batch's allocations would set off at once; the model keeps no weak reference and no
-    finalizer, so when the collector looks at them cannot change its state.
+    pause ends, the objects allocated during it join the oldest generation at once
+    (``gc.freeze()`` then ``gc.unfreeze()``) instead of passing through the young ones: they
+    are the model's long-lived frames, rmap_items and nodes, which the young collections
+    would only traverse again and again (and, as they pile up, trigger full collections
+    over millions of objects: half the time of a large fill, a third of a long run). An
+    unreachable cycle among them is still reclaimed, by the next full collection (which
+    they, not counted as survivors of a young collection, do not bring on themselves).
 ``c_helpers``
     Use the C versions of the helpers above (``ksmsim._speedups``) when it was built (the
     stable tree search's walk, stable_find, also takes the node found in C, with the tests
@@ -271,28 +279,31 @@ def using_shortcuts(shortcuts: Shortcuts) -> Iterator[None]:
         set_default_shortcuts(old)
 
 
-@contextmanager
-def pause_gc(ksm: Any) -> Iterator[None]:
+class pause_gc:  # a class named as the function it stands for: ``with pause_gc(ksm):``
     """Pause the cyclic garbage collector inside the block when ``ksm`` (a Ksm, or None) has
-    the ``gc_pause`` shortcut and shortcuts may run; restore it after (``gc_pause``)."""
-    pause = (
-        ksm is not None and ksm.shortcuts.gc_pause and ksm._shortcuts_allowed() and gc.isenabled()
-    )
-    if pause:
-        gc.disable()
-    try:
-        yield
-    finally:
-        if pause:
-            # The batch's allocations left the youngest generation far past its threshold, so
-            # the first allocation after gc.enable() would run a young collection that walks
-            # every object the batch made, to find no garbage.  Moving all tracked objects to
-            # the oldest generation (freeze, then unfreeze at once) resets that count instead;
-            # they are examined again at the next full collection.  Only when nothing was
-            # frozen before, which unfreeze() would release.
-            if gc.get_freeze_count() == 0:
+    the ``gc_pause`` shortcut and shortcuts may run; restore it after, with what the block
+    allocated moved to the oldest generation (``gc_pause``). A class, not a generator: ksmd
+    enters one every batch."""
+
+    __slots__ = ("_pause",)
+
+    def __init__(self, ksm: Any) -> None:
+        self._pause = (
+            ksm is not None
+            and ksm.shortcuts.gc_pause
+            and ksm._shortcuts_allowed()
+            and gc.isenabled()
+        )
+
+    def __enter__(self) -> None:
+        if self._pause:
+            gc.disable()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pause:
+            if not gc.get_freeze_count():  # nobody else froze objects: unfreeze only ours
                 gc.freeze()
-                gc.unfreeze()
+                gc.unfreeze()  # everything now in the oldest generation
             gc.enable()
 
 

@@ -35,6 +35,11 @@ _PTE_TABLE_SHIFT: Final = 9
 _EMPTY_PTE_TABLE: Final = array("Q", bytes(8 * PTRS_PER_PTE))
 
 
+def new_pte_table() -> array[int]:
+    """Return a new pte table of 512 none entries (as set_pte_at() allocates one)."""
+    return array("Q", _EMPTY_PTE_TABLE)
+
+
 def pte_present(pte: int) -> bool:
     """Tell whether the entry maps a frame."""
     return bool(pte & _PAGE_PRESENT)

@@ -19,11 +19,11 @@ seen by the next batch, as on a real machine where the writer runs on another CP
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from ksmsim.kernel.ksm import KSM_RUN_MERGE, KSM_RUN_STOP
-from ksmsim.kernel.memory import write_user_bytes
+from ksmsim.workload.fill_batch import RegionWriter
 from ksmsim.workload.host import Host, HostError
 from ksmsim.workload.patterns import Pattern, parse_pattern
 
@@ -50,6 +50,8 @@ class ChurnWriter:
     """Writes issued so far; also the pattern index (and, mod pages, the page) of the next."""
     active_ns: int = 0
     """Simulated time the writer has been active (the sum of the runs it took part in)."""
+    writer: RegionWriter | None = field(default=None, compare=False, repr=False)
+    """What writes its pages (made at the first write)."""
 
     def due(self) -> int:
         """Return how many writes have fallen due and are not issued yet."""
@@ -105,22 +107,24 @@ class ChurnSet:
         """Advance every writer by ``elapsed_ns`` and issue the writes that fell due."""
         for w in self.active(host):
             w.active_ns += elapsed_ns
-            n = w.due()
+            n = int(w.active_ns * w.writes_per_s / NSEC_PER_SEC) - w.written  # w.due()
             if n <= 0:
                 continue
-            proc = host.procs[w.proc]
-            r = proc.regions[w.region]
-            mm = proc.mm
-            for _ in range(n):
-                index = w.written
-                w.written += 1
-                addr = r.page_address(index % r.pages)
-                vma = mm.find_vma(addr)
-                if vma is None or vma.vm_start > addr:
-                    continue
-                data = w.pattern.page(index, proc=w.proc, region=w.region, salt=CHURN_SALT)
-                write_user_bytes(mm, addr, data)
-                self.writes += 1
+            r = host.procs[w.proc].regions[w.region]
+            writer = w.writer
+            if writer is None:
+                mm = host.procs[w.proc].mm
+                writer = w.writer = RegionWriter(
+                    mm, r.address, w.pattern, proc=w.proc, region=w.region, salt=CHURN_SALT
+                )
+            # The n writes, in order, as runs of consecutive pages up to the region's end:
+            # each run as write_user_bytes() would do its writes (fill_batch.write_pattern).
+            while n > 0:
+                first = w.written % r.pages
+                count = min(n, r.pages - first)
+                self.writes += writer.write(first, count, w.written)
+                w.written += count
+                n -= count
 
     def run(
         self,

@@ -8,24 +8,20 @@ digest) plus the counters a snapshot records.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ksmsim.kernel.invariants import check_all
 from ksmsim.kernel.ksm import KSM_RUN_MERGE, KSM_RUN_STOP, KSM_RUN_UNMERGE
 from ksmsim.kernel.ksm_sysfs import KsmSysfs
 from ksmsim.kernel.ksmd import Ksmd, KsmdCost
 from ksmsim.kernel.machine import Machine, MachineConfig
 from ksmsim.kernel.madvise import ADVICE_NAMES, MADV_MERGEABLE, MADV_NOHUGEPAGE, do_madvise
 from ksmsim.kernel.memory import FaultError, peek_user_page, read_user_byte, write_user_bytes
-from ksmsim.kernel.memory_shortcuts import write_user_pages
-from ksmsim.kernel.migrate import migrate_range
 from ksmsim.kernel.mm import MMF_VM_MERGE_ANY, MmStruct, pte_pfn, pte_present, pte_special
 from ksmsim.kernel.mmap import do_mmap_anon, do_munmap
 from ksmsim.kernel.page import PAGE_SHIFT, PAGE_SIZE
 from ksmsim.kernel.profile import Profile, get_profile
-from ksmsim.workload.fill_batch import fill_writes
+from ksmsim.workload.fill_batch import write_pattern
 from ksmsim.workload.patterns import Pattern, page_bytes
 from ksmsim.workload.scenario import GLOBAL_COUNTERS
 
@@ -198,18 +194,12 @@ class Host:
         how many pages were written."""
         p = self.proc(proc)
         r = self.region(proc, region)
+        pages = self._pages(r, start, count)
         # Page by page as write_user_bytes(mm, addr, page_bytes(...)) for each mapped page, in
-        # one batch (kernel/memory_shortcuts.py, workload/fill_batch.py).
-        writes = fill_writes(
-            p.mm,
-            r.address,
-            pattern,
-            self._pages(r, start, count),
-            proc=proc,
-            region=region,
-            salt=salt,
+        # runs (kernel/memory_shortcuts.py, workload/fill_batch.py).
+        done = write_pattern(
+            p.mm, r.address, pattern, pages.start, len(pages), proc=proc, region=region, salt=salt
         )
-        done = write_user_pages(p.mm, writes)
         self._checkpoint()
         return done
 
@@ -294,6 +284,8 @@ class Host:
         """Return the sha256 of a region's mapped pages, in order (untouched pages read as zeros)."""
         p = self.proc(proc)
         r = self.region(proc, region)
+        import hashlib  # here: only digests need it (an import a run does without)
+
         h = hashlib.sha256()
         for i in range(r.pages):
             data = peek_user_page(p.mm, r.page_address(i))
@@ -372,6 +364,8 @@ class Host:
             pte = p.mm.pte_get(r.page_address(i))
             if pte_present(pte) and not pte_special(pte):
                 pages.append(zone.pfn_to_page(pte_pfn(pte)))
+        from ksmsim.kernel.migrate import migrate_range  # here: few runs migrate
+
         out = migrate_range(self.machine, pages)
         self._checkpoint()
         return out
@@ -434,4 +428,6 @@ class Host:
     def _checkpoint(self) -> None:
         self.machine.kswapd()
         if self.check:
+            from ksmsim.kernel.invariants import check_all  # here: only checked runs need it
+
             check_all(self.machine)

@@ -10,7 +10,6 @@ line naming the key's path, e.g. ``timeline[2].pages: expected a positive intege
 
 from __future__ import annotations
 
-import difflib
 import enum
 import json
 import math
@@ -651,6 +650,8 @@ def _key_path(path: str, key: str) -> str:
 
 def _suggest(word: str, choices: Collection[str]) -> str:
     """Return ' (did you mean "x"?)' for a near miss, else ''."""
+    import difflib  # here: only a misspelt key needs it (an import a run does without)
+
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f' (did you mean "{close[0]}"?)' if close else ""
 
