@@ -43,7 +43,6 @@ import xxhash
 
 from ksmsim.kernel.jhash import jhash2_c
 from ksmsim.kernel.ksmd import KsmdCost
-from ksmsim.kernel.page import Page, PageKsm
 from ksmsim.report.compare import compare_results
 from ksmsim.workload.runner import ModelRunner, resolve_profile
 from ksmsim.workload.scenario import ScenarioError, parse_scenario
@@ -194,35 +193,22 @@ def model_passes(doc: dict[str, Any], name: str) -> tuple[list[dict[str, int]], 
     runner = ModelRunner(scenario, resolve_profile(scenario))
     host = runner.host
     scan = host.scan
-    cmp_and_merge_page = host.ksm.cmp_and_merge_page
     passes: list[dict[str, int]] = []
-    calls = [0]
-
-    def counted_cmp_and_merge_page(page: Page, rmap_item: Any) -> None:
-        # 6.x's cmp_and_merge_page() calls calc_checksum() for every page that is not a KSM
-        # page; the model counts only the checksums it had to compute (it keeps one per
-        # frame and contents), so this count is the kernel's, for the diagnostic fit.
-        if not PageKsm(page):
-            calls[0] += 1
-        cmp_and_merge_page(page, rmap_item)
 
     def counted_scan(full_scans: int = 1) -> bool:
         # The runner scans one pass at a time with snapshot_each; the kernel's record has one
         # runtime per pass, so one row per call lines the two up.
         before = host.ksm.work.as_dict()
-        batches, cpu, checksums = host.ksmd.batches, host.ksmd.cpu_ns, calls[0]
+        batches, cpu = host.ksmd.batches, host.ksmd.cpu_ns
         ok = scan(full_scans)
         after = host.ksm.work.as_dict()
         row = {k: after[k] - before[k] for k in after}
         row["batches"] = host.ksmd.batches - batches
         row["model_cpu_ns"] = host.ksmd.cpu_ns - cpu
-        row["kernel_checksums"] = calls[0] - checksums
         passes.append(row)
         return ok
 
     host.scan = counted_scan  # type: ignore[method-assign]
-    if host.ksm.profile.checksum_before_stable_tree:
-        host.ksm.cmp_and_merge_page = counted_cmp_and_merge_page  # type: ignore[method-assign]
     return passes, runner.run()
 
 
@@ -474,11 +460,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 rows.append(row)
                 entry["passes"].append(row)
             out["workloads"][name] = entry
-    # The diagnostic fit first: it reads the rows before they are rounded for the output.
-    diag = fit(
-        rows,
-        tuple(("kernel_checksums", f) if k == "checksums" else (k, f) for k, f in FEATURES),
-    )
     result = fit(rows)
     coef: dict[str, float] = result["coef"]
     current = KsmdCost().as_dict()
@@ -528,12 +509,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "max": round(max(errors_table), 4),
             "worst_pass": f"{worst[0]} pass {worst[1]}: {worst[2]:+.1%}",
         },
-    }
-    # What the fit would be if the model counted a checksum wherever the kernel computes one
-    # (see model_passes): evidence for that count, not the table the model uses.
-    out["fit_with_kernel_checksum_count"] = {
-        "coef_ns": {k: round(v, 2) for k, v in diag["coef"].items()},
-        "abs_relerr": diag["abs_relerr"],
     }
     out["machine"]["load_average_at_end"] = os.getloadavg()
     return out

@@ -2957,13 +2957,14 @@ visit_page(visit_ctx *ctx, PyObject *item, PyObject *page_obj)
             return -1;
         scan_set(item, visit_layout.it_tree_page, Py_None);
     }
-    /* calc_checksum(), with the frame's cache and content_checksum. */
+    /* calc_checksum(), with the frame's cache and content_checksum; counted at every call,
+     * as Ksm.calc_checksum() counts it. */
+    if (visit_slot_add(ctx->work, visit_layout.wk_checksums, 1) < 0)
+        return -1;
     if (page->csum_of == data && page->csum != NULL) {
         csum = page->csum;
         Py_INCREF(csum);
     } else {
-        if (visit_slot_add(ctx->work, visit_layout.wk_checksums, 1) < 0)
-            return -1;
         if (ctx->content && Py_IS_TYPE(data, &PageText_Type)) {
             csum = pagetext_checksum((PageTextObject *)data, ctx->calc);
         } else if (data == ctx->memo_data) {
@@ -3424,8 +3425,13 @@ speedups_scan_ptes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 if (ctx.allow > 0) {
                     /* Shortcut first_visit: the page's whole ksm_do_scan() step. */
                     int r = visit_page(&ctx, item, page);
-                    if (r == 2)
+                    if (r == 2) {
                         r = visit_merge(&ctx, item, page);
+                        /* Not taken: the exact path's calc_checksum() counts this
+                         * checksum (from the frame's cache), so this count goes. */
+                        if (r == 0 && visit_slot_add(ctx.work, visit_layout.wk_checksums, -1) < 0)
+                            r = -1;
+                    }
                     if (r < 0) {
                         Py_DECREF(item);
                         Py_DECREF(page);

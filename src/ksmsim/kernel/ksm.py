@@ -502,13 +502,14 @@ class Ksm:
     def calc_checksum(self, page: Page) -> int:
         """Return the checksum of a page's contents: calc_checksum() (jhash2 or xxhash by profile).
 
-        The value is cached on the frame for its current contents object.
+        The value is cached on the frame for its current contents object; the work counts a
+        checksum at every call all the same, as the kernel computes one at every call.
         """
+        self.work.checksums += 1
         data = page.data
         if page.csum_of is data:
             return page.csum
         assert data is not None
-        self.work.checksums += 1
         if self._content_checksum and type(data) is PageText:
             # Shortcut content_checksum: contents held as a PageText keep their checksum, which
             # is a function of the contents alone (shared by every frame holding the object).
@@ -1687,9 +1688,9 @@ class Ksm:
         machine = self.machine
         zone = machine.zone
         if self._checksum_first:
-            # page_stable_node(), calc_checksum()'s cache and the tests that make
-            # remove_rmap_item_from_tree() and try_to_merge_with_zero_page() do nothing are
-            # inline: this runs for every page scanned.
+            # page_stable_node() and the tests that make remove_rmap_item_from_tree() and
+            # try_to_merge_with_zero_page() do nothing are inline: this runs for every page
+            # scanned.
             stable_node = page.mapping if page.mapping_flags == PAGE_MAPPING_FLAGS else None
             if stable_node is not None:
                 if rmap_item.head is stable_node:
@@ -1699,7 +1700,7 @@ class Ksm:
                     self.remove_rmap_item_from_tree(rmap_item)
                 # A page whose checksum changed since the last visit is changing too often to
                 # be worth searching for.
-                checksum = page.csum if page.csum_of is page.data else self.calc_checksum(page)
+                checksum = self.calc_checksum(page)
                 if rmap_item.oldchecksum != checksum:
                     rmap_item.oldchecksum = checksum
                     return

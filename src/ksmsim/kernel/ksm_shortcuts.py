@@ -65,7 +65,7 @@ with ``-`` to switch it off, applied to ``all``, e.g. ``-c_helpers`` or ``none,s
     calc_checksum() asks contents held as a ``PageText`` for their checksum, which the object
     computes once (with the profile's checksum function) and keeps: it is a function of the
     contents alone, and every frame holding the object shares it. The work counted is the
-    same (a checksum whenever the frame's own cache misses). Needs ``c_helpers``.
+    same (a checksum at every call, as the kernel computes one). Needs ``c_helpers``.
 ``first_visit``
     ksmd's pte loop (the C scan_ptes of ``c_helpers``) takes whole ksm_do_scan() steps in C
     for the common cases of the first and later passes. It allocates a new rmap_item where

@@ -41,25 +41,25 @@ class KsmdCost:
     output in ``benchmarks/results/ksmd_cost.json``): 19 workloads, 68 passes, each run five
     times with ``ksmsim real``; the kernel's median ksmd runtime per pass fitted by non-negative
     least squares (relative error) to the model's work counts of the same pass, rounded to two
-    significant figures. Per pass this table is off by a median of 11% and at worst 41%; per
-    workload (all its passes) by at most 22%.
+    significant figures. Per pass this table is off by a median of 10% and at worst 41%; per
+    workload (all its passes) by at most 16%.
 
     ``item_alloc`` fitted to 0: an rmap_item's allocation is not separable from the first pass's
     checksum and page visit, which carry it. ``kpage_copy`` and ``break_cow`` are work ksmd does
     not do in any calibration workload on 6.18, so they keep their earlier estimates. There is
     no jhash2 kernel here: ``checksum_jhash2`` is the fitted xxhash cost (mostly reading a cold
     page, which jhash2 pays alike) plus what jhash2's arithmetic adds over XXH64 on a warm page,
-    timed on this machine in C (1,490 ns). The model counts a checksum only when it computes one
-    (a frame keeps its contents' checksum) while the kernel checksums every non-KSM page it
-    scans; ``scanned`` and ``memcmp`` absorb that difference.
+    timed on this machine in C (about 1,500 ns). ``checksums`` counts every calc_checksum() call, as
+    the kernel computes one at each, although the model keeps a frame's checksum for its
+    contents and computes it only when they change.
     """
 
     address: int = 150
     scanned: int = 110
     checksum_jhash2: int = 2300
-    checksum_xxhash: int = 850
-    memcmp: int = 170
-    merge: int = 1900
+    checksum_xxhash: int = 860
+    memcmp: int = 140
+    merge: int = 1100
     kpage_copy: int = 700
     item_alloc: int = 0
     break_cow: int = 2000
