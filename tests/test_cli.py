@@ -869,3 +869,26 @@ def test_subprocess_run_ends_at_once_with_the_same_output(
     theirs.pop("wall_time_s")
     mine.pop("wall_time_s")
     assert theirs == mine
+
+
+@pytest.mark.parametrize("value", ["-1", "x", "nan", "inf"])
+def test_run_sample_every_refuses_bad_seconds(
+    capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    status, out, err = cli(capsys, "run", EXAMPLES[0], "--sample-every", value)
+    assert status == 2
+    assert out == ""
+    assert "--sample-every" in one_line(err)
+
+
+def test_run_sample_every_thins_the_time_series(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    scenario = ROOT / "examples" / "swap_pressure.toml"
+    full, sparse = tmp_path / "full.json", tmp_path / "sparse.json"
+    assert cli(capsys, "run", scenario, "-o", full)[0] == 0
+    assert cli(capsys, "run", scenario, "-o", sparse, "--sample-every", "5")[0] == 0
+    a, b = json.loads(full.read_text()), json.loads(sparse.read_text())
+    assert a["snapshots"] == b["snapshots"]
+    assert 0 < len(b["timeseries"]) < len(a["timeseries"]) / 50
+    assert all(s in a["timeseries"] for s in b["timeseries"])

@@ -702,6 +702,81 @@ static PyTypeObject PageBase_Type = {
 };
 
 /* ===========================================================================
+ * count_ksm_frames: the KSM frames among the allocated ones (Machine.memory_stats)
+ * ------------------------------------------------------------------------- */
+
+PyDoc_STRVAR(count_ksm_frames_doc,
+"count_ksm_frames(mem_map, start, stop, ksm_mapping_flags, /) -> int\n"
+"--\n"
+"\n"
+"Count the frames of mem_map[start:stop] that are allocated (count > 0) KSM pages\n"
+"(mapping_flags equal to ksm_mapping_flags); None entries are skipped.  The frames\n"
+"must be PageBase objects (TypeError otherwise: the pure-Python twin counts them).");
+
+static PyObject *
+speedups_count_ksm_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *map, *want;
+    Py_ssize_t start, stop, i, n = 0;
+    (void)module;
+    if (nargs != 4 || !PyList_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "count_ksm_frames(list, start, stop, flags)");
+        return NULL;
+    }
+    map = args[0];
+    start = PyLong_AsSsize_t(args[1]);
+    stop = PyLong_AsSsize_t(args[2]);
+    if ((start == -1 || stop == -1) && PyErr_Occurred())
+        return NULL;
+    want = args[3];
+    if (!PyLong_CheckExact(want)) {
+        PyErr_SetString(PyExc_TypeError, "count_ksm_frames: flags must be an int");
+        return NULL;
+    }
+    if (start < 0)
+        start = 0;
+    if (stop > PyList_GET_SIZE(map))
+        stop = PyList_GET_SIZE(map);
+    for (i = start; i < stop; i++) {
+        PyObject *o = PyList_GET_ITEM(map, i);
+        PageBaseObject *p;
+        int eq;
+        if (o == Py_None)
+            continue;
+        if (!PyObject_TypeCheck(o, &PageBase_Type)) {
+            PyErr_SetString(PyExc_TypeError, "count_ksm_frames: a frame that is not a PageBase");
+            return NULL;
+        }
+        p = (PageBaseObject *)o;
+        if (p->mapping_flags == NULL || p->count == NULL)
+            continue;
+        /* Small ints are shared objects: identity settles most frames without a compare. */
+        eq = p->mapping_flags == want ? 1 : PyObject_RichCompareBool(p->mapping_flags, want, Py_EQ);
+        if (eq < 0)
+            return NULL;
+        if (!eq)
+            continue;
+        if (PyLong_CheckExact(p->count)) {
+            int overflow;
+            long c = PyLong_AsLongAndOverflow(p->count, &overflow);
+            if (c == -1 && PyErr_Occurred())
+                return NULL;
+            n += overflow > 0 || (overflow == 0 && c > 0);
+        } else {
+            PyObject *zero = PyLong_FromLong(0);
+            if (zero == NULL)
+                return NULL;
+            eq = PyObject_RichCompareBool(p->count, zero, Py_GT);
+            Py_DECREF(zero);
+            if (eq < 0)
+                return NULL;
+            n += eq;
+        }
+    }
+    return PyLong_FromSsize_t(n);
+}
+
+/* ===========================================================================
  * write_page_run: runs of whole-page user writes (fill_batch, memory_shortcuts)
  *
  * page_run_setup(page_type, new_table) -> bool
@@ -4295,6 +4370,8 @@ static PyMethodDef speedups_methods[] = {
     {"write_page_run", (PyCFunction)(void (*)(void))speedups_write_page_run, METH_FASTCALL,
      write_page_run_doc},
     /* the others */
+    {"count_ksm_frames", (PyCFunction)(void (*)(void))speedups_count_ksm_frames, METH_FASTCALL,
+     count_ksm_frames_doc},
     {"jhash2", (PyCFunction)(void (*)(void))speedups_jhash2, METH_FASTCALL, jhash2_doc},
     {"tree_setup", (PyCFunction)(void (*)(void))speedups_tree_setup, METH_FASTCALL,
      tree_setup_doc},

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -70,7 +71,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     scenario = load_scenario(args.scenario)
     try:
-        result = run_scenario(scenario, kernel=args.kernel, check=args.check)
+        result = run_scenario(
+            scenario, kernel=args.kernel, check=args.check, sample_every_s=args.sample_every
+        )
     except RunError as exc:
         if exc.partial is not None and args.output:
             _write_json(exc.partial, args.output)
@@ -217,6 +220,17 @@ def cmd_profiles(args: argparse.Namespace) -> int:
     for name, why in sorted(PLANNED_PROFILES.items()):
         print(f"{name:10} (planned: {why})")
     return EXIT_OK
+
+
+def _sample_seconds(text: str) -> float:
+    """Parse ``--sample-every``: a finite, non-negative number of simulated seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, not {text!r}")
+    return value
 
 
 def _gen_rate(text: str) -> float | tuple[float, float]:
@@ -474,6 +488,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--kernel", help="run on this profile instead of the scenario's")
     run.add_argument(
         "--check", action="store_true", help="run every invariant check after each operation (slow)"
+    )
+    run.add_argument(
+        "--sample-every",
+        type=_sample_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="sample a run's time series at most once per this much simulated time "
+        "(default: after every ksmd batch; long runs of large machines want e.g. 60)",
     )
     run.set_defaults(func=cmd_run)
 

@@ -235,3 +235,26 @@ def test_memory_stats_counts_the_allocated_ksm_pages() -> None:
     want = sum(1 for p in zone.allocated_pages() if p.mapping_flags == 3)
     assert want > 0
     assert host.memory()["ksm_pages"] == want
+
+
+def test_count_ksm_frames_in_c_equals_its_twin() -> None:
+    from ksmsim.kernel import ksm_shortcuts
+    from ksmsim.kernel.machine import count_ksm_frames
+
+    host = Host("v6.18", ram_pages=4096)
+    for p in ("a", "b", "c"):
+        host.spawn(p)
+        host.mmap(p, "r", 96)
+        host.fill(p, "r", "repeat:8")
+    host.scan(2)
+    host.write("a", "r", 1, start=0, count=8)
+    host.exit("c")  # freed frames: KSM flags cleared, count 0
+    zone = host.machine.zone
+    if ksm_shortcuts.count_ksm_frames_c is None:
+        pytest.skip("the C helpers are not built")
+    for stop in (1, 2, 50, zone._fresh, len(zone.mem_map) + 5):
+        twin = count_ksm_frames(zone.mem_map, stop, c_helpers=False)
+        assert count_ksm_frames(zone.mem_map, stop, c_helpers=True) == twin
+    assert count_ksm_frames(zone.mem_map, zone._fresh, c_helpers=False) > 0
+    with pytest.raises(TypeError):
+        ksm_shortcuts.count_ksm_frames_c([object()], 0, 1, 3)

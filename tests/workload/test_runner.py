@@ -599,3 +599,32 @@ def test_scan_action_keeps_ksmds_sleeps_between_full_scans() -> None:
     host.scan(3)
     assert host.counters() == result["snapshots"][0]["global"]
     assert result["sim_time_s"] == pytest.approx(host.sim_time_s)
+
+
+def test_sample_every_takes_the_samples_due_and_nothing_else() -> None:
+    doc = {
+        "processes": [
+            {"name": "a", "regions": [{"name": "r", "pages": 64, "fill": "repeat:4"}]},
+            {"name": "b", "regions": [{"name": "r", "pages": 64, "fill": "repeat:4"}]},
+        ],
+        "timeline": [
+            {"op": "churn", "proc": "a", "writes_per_s": 200, "pattern": "unique"},
+            {"op": "run", "seconds": 3.0},
+        ],
+    }
+    every = run_scenario(parse_scenario(doc, "sampled"))
+    sparse = run_scenario(parse_scenario(doc, "sampled"), sample_every_s=0.5)
+    full = every["timeseries"]
+    assert len(full) > 100
+    # The same run (sampling changes nothing else), its series thinned to the first sample
+    # at or after each half second since the last one taken.
+    assert {k: v for k, v in sparse.items() if k not in ("timeseries", "wall_time_s")} == {
+        k: v for k, v in every.items() if k not in ("timeseries", "wall_time_s")
+    }
+    expected, due = [], 0.0
+    for sample in full:
+        if sample["t_s"] >= due - 1e-9:
+            expected.append(sample)
+            due = sample["t_s"] + 0.5
+    assert sparse["timeseries"] == expected
+    assert 6 <= len(expected) <= 7

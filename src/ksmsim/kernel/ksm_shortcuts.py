@@ -161,8 +161,9 @@ with ``-`` to switch it off, applied to ``all``, e.g. ``-c_helpers`` or ``none,s
     rb_insert_color() and rb_erase() for the trees' inserts and erases and its twin of the
     pte loop of ksmd's VMA loop (Ksm._scan_ptes); the pure-Python twins (here, rbtree.py's
     rb_insert_color, rb_erase and Ksm._scan_ptes) give the same results (tests/perf compares
-    them). At import it also
-    chooses the C base of ``Page`` (page.py), which holds the same fields more compactly.
+    them), and the count of KSM frames a sample of memory makes (machine.count_ksm_frames(),
+    its twin beside it). At import it also chooses the C base of ``Page`` (page.py), which
+    holds the same fields more compactly.
 
 No shortcut runs under the interleaving explorer (``machine.preempt`` set) or with a deliberate
 bug switched on (``ksm.mutations``): both need every step of the exact path.
@@ -398,6 +399,7 @@ rb_erase_c: Callable[[Any, Any], None] | None = None
 DupSkip = Callable[[Any, Any, int, int, bool, bool], tuple[Any, Any, int, bool]]
 dup_skip_c: DupSkip | None = None
 scan_ptes_c: Callable[..., Any] | None = None
+count_ksm_frames_c: Callable[[list[Any], int, int, int], int] | None = None
 merge_fused_c: Callable[..., bool] | None = None
 try_merge_fused_c: Callable[..., bool] | None = None
 insert_fused_c: Callable[..., bool] | None = None
@@ -424,6 +426,7 @@ def _setup_c() -> None:
     """Hand the node and page layouts to the C walks, if the extension was built."""
     global unstable_skip_c, stable_skip_c, dup_skip_c, rb_insert_color_c, scan_ptes_c, rb_erase_c
     global merge_fused_c, visit_ready, free_scanned_c, stable_find_c, try_merge_fused_c
+    global count_ksm_frames_c
     global insert_fused_c
     global HAVE_C_HELPERS
     try:
@@ -432,7 +435,7 @@ def _setup_c() -> None:
         return
     needed: tuple[str, ...] = ("tree_setup", "unstable_skip", "stable_skip", "dup_skip", "rb_setup")
     needed += ("scan_setup", "scan_ptes", "merge_setup", "merge_fused", "visit_setup")
-    needed += ("free_scanned", "find_setup", "stable_find", "try_merge_fused")
+    needed += ("free_scanned", "find_setup", "stable_find", "try_merge_fused", "count_ksm_frames")
     if not all(hasattr(_speedups, name) for name in needed):
         return  # pragma: no cover - a stale build: the pure-Python twins run
     from ksmsim.kernel.ksm import RmapItem, StableNode
@@ -600,6 +603,7 @@ def _setup_c() -> None:
         )
         visit_ready = True
         free_scanned_c = _speedups.free_scanned
+        count_ksm_frames_c = _speedups.count_ksm_frames
         _speedups.find_setup(
             descr(StableNode, "dups"), descr(StableNode, "chain_prune_time"), PG_locked
         )

@@ -75,9 +75,20 @@ def resolve_profile(scenario: sc.Scenario, override: str | None = None) -> Profi
 class ModelRunner:
     """Executes one scenario's timeline on a Host."""
 
-    def __init__(self, scenario: sc.Scenario, profile: Profile, *, check: bool = False) -> None:
+    def __init__(
+        self,
+        scenario: sc.Scenario,
+        profile: Profile,
+        *,
+        check: bool = False,
+        sample_every_s: float = 0.0,
+    ) -> None:
         self.scenario = scenario
         self.profile = profile
+        self.sample_every_ns = round(sample_every_s * 1e9)
+        """The time series of ``run`` takes a sample after a batch once this much simulated
+        time has passed since the last sample (0: after every batch)."""
+        self._next_sample_ns = 0
         ram = scenario.machine.ram_pages or default_ram_pages(scenario)
         m = scenario.machine
         self.host = Host(
@@ -381,8 +392,14 @@ class ModelRunner:
             self.churn.set(self.host, proc, region, a.writes_per_s, a.pattern)
 
     def _sample(self) -> None:
-        """Append the memory and KSM figures now to the run's time series."""
+        """Append the memory and KSM figures now to the run's time series (see
+        ``sample_every_ns``: a sample reads every frame, which a long run feels)."""
         host = self.host
+        if self.sample_every_ns:
+            now = host.machine.clock_ns
+            if now < self._next_sample_ns:
+                return
+            self._next_sample_ns = now + self.sample_every_ns
         c = host.counters()
         m = host.memory()
         self.state.timeseries.append(
@@ -419,8 +436,12 @@ class ModelRunner:
 
 
 def run_scenario(
-    scenario: sc.Scenario, *, kernel: str | None = None, check: bool = False
+    scenario: sc.Scenario,
+    *,
+    kernel: str | None = None,
+    check: bool = False,
+    sample_every_s: float = 0.0,
 ) -> dict[str, Any]:
     """Run a scenario on the model and return its result document."""
     profile = resolve_profile(scenario, kernel)
-    return ModelRunner(scenario, profile, check=check).run()
+    return ModelRunner(scenario, profile, check=check, sample_every_s=sample_every_s).run()
