@@ -26,7 +26,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
-from ksmsim import __version__
 from ksmsim.real.children import Child, ChildPool, get_subreaper, set_subreaper
 from ksmsim.real.errors import ChildFailed, Interrupted, RealError
 from ksmsim.real.procfs import (
@@ -57,26 +56,16 @@ from ksmsim.real.sysfs import (
     KsmWriteError,
 )
 from ksmsim.workload import scenario as sc
-from ksmsim.workload.results import RESULT_SCHEMA_VERSION, ExpectFailure, check_expectations
+from ksmsim.workload.actions import ActionHandlers, bind_handlers, expectations, initial_tunables
+from ksmsim.workload.results import ExpectFailure, check_expectations, result_head
 
-__all__ = ["SUPPORTED_ACTIONS", "RealRunner", "restore_command", "run_real"]
+__all__ = ["REFUSED_ACTIONS", "SUPPORTED_ACTIONS", "RealRunner", "restore_command", "run_real"]
 
-SUPPORTED_ACTIONS: Final = (
-    sc.Fill,
-    sc.Write,
-    sc.Read,
-    sc.Mmap,
-    sc.Munmap,
-    sc.Madvise,
-    sc.Fork,
-    sc.Exit,
-    sc.Scan,
-    sc.Snapshot,
-    sc.UnmergeAll,
-    sc.Set,
-    sc.Digest,
-    sc.Comment,
-    sc.Run,
+REFUSED_ACTIONS: Final[tuple[type[sc.Action], ...]] = (sc.Churn, sc.Pressure, sc.Migrate)
+"""Model-only actions: ``validate`` refuses a scenario with one of them, before any change."""
+
+SUPPORTED_ACTIONS: Final = tuple(
+    cls for cls in sc.ACTION_TYPES.values() if cls not in REFUSED_ACTIONS
 )
 """Actions the real runner executes (churn, pressure and migrate are not supported yet)."""
 
@@ -99,7 +88,7 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-class RealRunner:
+class RealRunner(ActionHandlers):
     """Executes one scenario's timeline on the running kernel."""
 
     def __init__(
@@ -144,23 +133,7 @@ class RealRunner:
         self.t_scenario = 0.0
         self._quiet = False
         self._pending: int | None = None
-        self._handlers: dict[type[Any], Callable[[Any], None]] = {
-            sc.Fill: self._fill,
-            sc.Write: self._write,
-            sc.Read: self._read,
-            sc.Mmap: self._mmap,
-            sc.Munmap: self._munmap,
-            sc.Madvise: self._madvise,
-            sc.Fork: self._fork,
-            sc.Exit: self._exit,
-            sc.Scan: self._scan,
-            sc.Snapshot: self._snapshot_action,
-            sc.UnmergeAll: self._unmerge_all,
-            sc.Set: self._set,
-            sc.Digest: self._digest,
-            sc.Comment: lambda a: None,
-            sc.Run: self._run,
-        }
+        self._handlers = bind_handlers(self, REFUSED_ACTIONS)
 
     # -- checks before anything changes ----------------------------------------------------------
     def preflight(self) -> None:
@@ -209,7 +182,7 @@ class RealRunner:
                             f"{action.path}.tunables.{name}: the running kernel "
                             f"({self.release}) has no such tunable"
                         )
-            for exp in (*getattr(action, "expect", ()), *getattr(action, "expect_each", ())):
+            for exp in expectations(action):
                 if exp.scope == "proc":
                     if own is None:
                         raise RealError(
@@ -227,14 +200,7 @@ class RealRunner:
 
     def start_tunables(self) -> dict[str, int]:
         """Return the tunables the run starts with: the format's defaults, then the scenario's."""
-        settable = self.settable()
-        out: dict[str, int] = {}
-        for name in sorted(settable):
-            if name in self.scenario.tunables:
-                out[name] = self.scenario.tunables[name]
-            elif name in sc.DEFAULT_TUNABLES:
-                out[name] = sc.DEFAULT_TUNABLES[name]
-        return out
+        return initial_tunables(self.settable(), self.scenario.tunables)
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -472,12 +438,7 @@ class RealRunner:
         cpu0, runtime0 = self.ksmd_base
         names = [*self.gone, *self.pool.live]
         return {
-            "schema_version": RESULT_SCHEMA_VERSION,
-            "ksmsim_version": __version__,
-            "source": "kernel",
-            "scenario": self.scenario.name,
-            "kernel": self.release,
-            "tunables": dict(self.tunables),
+            **result_head("kernel", self.scenario.name, self.release, dict(self.tunables)),
             "machine": {
                 "ram_pages": info.get("MemTotal", 0) // PAGE_KB,
                 "swap_pages": info.get("SwapTotal", 0) // PAGE_KB,
@@ -741,10 +702,6 @@ class RealRunner:
         elif a.snapshot and a.expect and self.snapshots:
             # With snapshot_each, `expect` applies to the last snapshot (as in the model).
             self.expect_failures.extend(check_expectations(self.snapshots[-1], a.expect))
-
-    def _snapshot_action(self, a: sc.Snapshot) -> None:
-        """Record the counters."""
-        self.snapshot(a.label, a.expect)
 
     def _unmerge_all(self, a: sc.UnmergeAll) -> None:
         """Write run=2, then run=0, then record the counters."""

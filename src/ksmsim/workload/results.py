@@ -5,9 +5,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
+from ksmsim import __version__
 from ksmsim.workload.scenario import Expectation
 
 RESULT_SCHEMA_VERSION: Final = 1
+
+
+def result_head(
+    source: str, scenario: str, kernel: str, tunables: dict[str, int]
+) -> dict[str, Any]:
+    """Return the keys a result document starts with, in the format's order.
+
+    ``source`` is ``model`` or ``kernel``; ``kernel`` the profile's name or the running release.
+    """
+    return {
+        "schema_version": RESULT_SCHEMA_VERSION,
+        "ksmsim_version": __version__,
+        "source": source,
+        "scenario": scenario,
+        "kernel": kernel,
+        "tunables": tunables,
+    }
 
 
 @dataclass(slots=True)

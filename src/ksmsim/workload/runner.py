@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ksmsim import __version__
 from ksmsim.kernel.ksm_sysfs import SysfsError
 from ksmsim.kernel.memory import FaultError
 from ksmsim.kernel.mmap import MmapError
 from ksmsim.kernel.profile import Profile, UnknownProfile, get_profile
 from ksmsim.workload import scenario as sc
+from ksmsim.workload.actions import ActionHandlers, bind_handlers, expectations, initial_tunables
 from ksmsim.workload.churn import ChurnSet
 from ksmsim.workload.host import Host, HostError
-from ksmsim.workload.results import RESULT_SCHEMA_VERSION, ExpectFailure, check_expectations
+from ksmsim.workload.results import ExpectFailure, check_expectations, result_head
 
 
 class RunError(Exception):
@@ -72,7 +72,7 @@ def resolve_profile(scenario: sc.Scenario, override: str | None = None) -> Profi
         raise RunError(f"kernel: {exc}") from None
 
 
-class ModelRunner:
+class ModelRunner(ActionHandlers):
     """Executes one scenario's timeline on a Host."""
 
     def __init__(
@@ -99,26 +99,7 @@ class ModelRunner:
         self.gone: dict[str, Any] = {}
         self.churn = ChurnSet()
         """The background writers started by ``churn`` (active during ``run``)."""
-        self._handlers: dict[type[Any], Callable[[Any], None]] = {
-            sc.Fill: self._fill,
-            sc.Write: self._write,
-            sc.Read: self._read,
-            sc.Mmap: self._mmap,
-            sc.Munmap: self._munmap,
-            sc.Madvise: self._madvise,
-            sc.Fork: self._fork,
-            sc.Exit: self._exit,
-            sc.Scan: self._scan,
-            sc.Snapshot: self._snapshot_action,
-            sc.UnmergeAll: self._unmerge_all,
-            sc.Set: self._set,
-            sc.Digest: self._digest,
-            sc.Comment: lambda a: None,
-            sc.Run: self._run,
-            sc.Churn: self._churn,
-            sc.Pressure: self._pressure,
-            sc.Migrate: self._migrate,
-        }
+        self._handlers = bind_handlers(self)
 
     # -- set-up ---------------------------------------------------------------------------------
     def tunables(self) -> dict[str, int]:
@@ -129,21 +110,15 @@ class ModelRunner:
                 raise RunError(
                     f"tunables.{name}: the {self.profile.name} profile has no such tunable"
                 )
-        out: dict[str, int] = {}
-        for name in sorted(writable):
-            if name in self.scenario.tunables:
-                out[name] = self.scenario.tunables[name]
-            elif name in sc.DEFAULT_TUNABLES:
-                out[name] = sc.DEFAULT_TUNABLES[name]
-            elif name == "max_kernel_pages":
-                out[name] = self.host.machine.zone.present_pages // 4
-        return out
+        # max_kernel_pages has no format default: a quarter of RAM, as v2.6.33 sets it at boot.
+        fallback = {"max_kernel_pages": self.host.machine.zone.present_pages // 4}
+        return initial_tunables(writable, self.scenario.tunables, fallback)
 
     def check_expectations(self) -> None:
         """Refuse expectations on counters this profile does not have, before running anything."""
         have = set(self.host.counters()) | set(self.host.memory())
         for action in self.scenario.timeline:
-            for exp in (*getattr(action, "expect", ()), *getattr(action, "expect_each", ())):
+            for exp in expectations(action):
                 if exp.scope == "proc":
                     if not self.profile.scan_statistics:
                         raise RunError(
@@ -192,12 +167,7 @@ class ModelRunner:
         st = self.state
         fatal = [e for e in st.errors if e.get("fatal")]
         return {
-            "schema_version": RESULT_SCHEMA_VERSION,
-            "ksmsim_version": __version__,
-            "source": "model",
-            "scenario": self.scenario.name,
-            "kernel": self.profile.name,
-            "tunables": tunables,
+            **result_head("model", self.scenario.name, self.profile.name, tunables),
             "machine": {
                 "ram_pages": self.host.machine.zone.present_pages,
                 "swap_pages": self.host.machine.config.swap_pages,
@@ -352,9 +322,6 @@ class ModelRunner:
 
     def _check_against(self, snap: dict[str, Any], expect: tuple[sc.Expectation, ...]) -> None:
         self.state.expect_failures.extend(check_expectations(snap, expect))
-
-    def _snapshot_action(self, a: sc.Snapshot) -> None:
-        self.snapshot(a.label, a.expect)
 
     def _unmerge_all(self, a: sc.UnmergeAll) -> None:
         self.host.unmerge_all()
