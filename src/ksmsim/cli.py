@@ -11,7 +11,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -351,24 +351,39 @@ def _prediction_tunables(args: argparse.Namespace) -> dict[str, int]:
     return out
 
 
+def _emit_document(
+    args: argparse.Namespace,
+    doc: dict[str, Any],
+    text: Callable[[], str],
+    plot: Callable[[str], None],
+) -> None:
+    """Print a document (``text()``, or ``doc`` with --json), write it (-o) and plot it (--plot)."""
+    if args.json:
+        _write_json(doc, None)
+    else:
+        sys.stdout.write(text())
+    if args.output:
+        _write_json(doc, args.output)
+    if args.plot:
+        from ksmsim.report.plot import PlotUnavailable
+
+        try:
+            plot(args.plot)
+        except PlotUnavailable as exc:
+            raise UsageError(str(exc)) from None
+
+
 def _emit_prediction(args: argparse.Namespace, pred: Any) -> int:
     """Print a prediction (table or JSON), write it (-o) and plot it (--plot)."""
     from ksmsim.report.prediction import format_prediction
 
-    doc = pred.to_json()
-    if args.json:
-        _write_json(doc, None)
-    else:
-        sys.stdout.write(format_prediction(pred))
-    if args.output:
-        _write_json(doc, args.output)
-    if args.plot:
-        from ksmsim.report.plot import PlotUnavailable, plot_prediction
+    def plot(path: str) -> None:
+        # Imported only for --plot: the plotting module is not needed otherwise.
+        from ksmsim.report.plot import plot_prediction
 
-        try:
-            plot_prediction(pred, args.plot)
-        except PlotUnavailable as exc:
-            raise UsageError(str(exc)) from None
+        plot_prediction(pred, path)
+
+    _emit_document(args, pred.to_json(), lambda: format_prediction(pred), plot)
     return EXIT_OK
 
 
@@ -427,20 +442,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
     except (SweepError, PredictError) as exc:
         raise UsageError(f"sweep: {exc}") from None
-    doc = result.to_json()
-    if args.json:
-        _write_json(doc, None)
-    else:
-        sys.stdout.write(format_sweep(result))
-    if args.output:
-        _write_json(doc, args.output)
-    if args.plot:
-        from ksmsim.report.plot import PlotUnavailable, plot_sweep
 
-        try:
-            plot_sweep(result, args.plot)
-        except PlotUnavailable as exc:
-            raise UsageError(str(exc)) from None
+    def plot(path: str) -> None:
+        # Imported only for --plot: the plotting module is not needed otherwise.
+        from ksmsim.report.plot import plot_sweep
+
+        plot_sweep(result, path)
+
+    _emit_document(args, result.to_json(), lambda: format_sweep(result), plot)
     failed = [p for p in result.points if p.prediction is None]
     if failed:
         raise UsageError(f"sweep: {len(failed)} settings failed; first: {failed[0].error}")

@@ -261,6 +261,14 @@ Member = tuple[str, list[dict[str, Any]], float]
 """A fleet member: process name, region tables, and the hot region's writes per second."""
 
 
+def _fleet_size(count: int, member: str, images: int) -> None:
+    """Refuse (ValueError) a fleet without a ``member`` or without an image."""
+    if count < 1:
+        raise ValueError(f"a fleet needs at least one {member}, not {count}")
+    if images < 1:
+        raise ValueError(f"a fleet needs at least one image, not {images}")
+
+
 def _fleet_members(
     prefix: str,
     count: int,
@@ -348,10 +356,7 @@ def vm_fleet(
     and ``sleep_millisecs`` (the kernel's defaults, 100 and 20, unless given; None leaves the
     format's defaults).
     """
-    if guests < 1:
-        raise ValueError(f"a fleet needs at least one guest, not {guests}")
-    if images < 1:
-        raise ValueError(f"a fleet needs at least one image, not {images}")
+    _fleet_size(guests, "guest", images)
     total = _pages(guest_mib, "guest memory")
     if total < 1:
         raise ValueError(f"a guest needs at least one page, not {guest_mib} MiB")
@@ -421,10 +426,7 @@ def container_fleet(
     Containers start ``start_stagger_s`` apart; after the last one ksmd runs ``run_s`` seconds.
     Tunables as for ``vm_fleet``.
     """
-    if containers < 1:
-        raise ValueError(f"a fleet needs at least one container, not {containers}")
-    if images < 1:
-        raise ValueError(f"a fleet needs at least one image, not {images}")
+    _fleet_size(containers, "container", images)
     runtime = _pages(runtime_mib, "the runtime")
     libs = _pages(image_mib, "the image")
     own = _pages(private_mib, "the private memory")

@@ -480,6 +480,20 @@ def _add_run(runs: list[tuple[int, int]], index: int, count: int) -> None:
         runs.append((index, count))
 
 
+def _open_proc_file(proc: Path, name: str, pid: int, comm: str, what: str) -> IO[bytes]:
+    """Open ``/proc/PID/<name>`` with ``_opener``; ``what`` names it in a refusal's message.
+
+    Raises SnapshotPermissionError when it may not be read, SnapshotError when the process
+    has exited.
+    """
+    try:
+        return _opener(str(proc / name))
+    except PermissionError:
+        raise SnapshotPermissionError(permission_message(pid, comm, what)) from None
+    except (FileNotFoundError, ProcessLookupError):
+        raise SnapshotError(f"process {pid} exited while being read") from None
+
+
 def snapshot_process(
     pid: int,
     *,
@@ -508,28 +522,18 @@ def snapshot_process(
     if not entries:
         return None
     out = ProcessSnapshot(pid, comm, _proc_start_time(proc))
-    try:
-        pagemap = _opener(str(proc / "pagemap"))
-    except PermissionError:
-        raise SnapshotPermissionError(permission_message(pid, comm, "the page map")) from None
-    except (FileNotFoundError, ProcessLookupError):
-        raise SnapshotError(f"process {pid} exited while being read") from None
-    with pagemap:
-        try:
-            mem = _opener(str(proc / "mem"))
-        except PermissionError:
-            raise SnapshotPermissionError(permission_message(pid, comm, "the memory")) from None
-        except (FileNotFoundError, ProcessLookupError):
-            raise SnapshotError(f"process {pid} exited while being read") from None
-        with mem:
-            for entry in entries:
-                if not ksm_compatible(entry) or entry.anonymous_kb == 0:
-                    continue
-                if vma_filter is not None and not vma_filter(entry):
-                    continue
-                vma = _snapshot_vma(entry, pagemap.fileno(), mem.fileno(), zero_pfn)
-                if vma.pages or vma.swapped:
-                    out.vmas.append(vma)
+    with (
+        _open_proc_file(proc, "pagemap", pid, comm, "the page map") as pagemap,
+        _open_proc_file(proc, "mem", pid, comm, "the memory") as mem,
+    ):
+        for entry in entries:
+            if not ksm_compatible(entry) or entry.anonymous_kb == 0:
+                continue
+            if vma_filter is not None and not vma_filter(entry):
+                continue
+            vma = _snapshot_vma(entry, pagemap.fileno(), mem.fileno(), zero_pfn)
+            if vma.pages or vma.swapped:
+                out.vmas.append(vma)
     return out
 
 
