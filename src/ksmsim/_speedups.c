@@ -2258,18 +2258,25 @@ rb_erase_color_c(PyObject *node, PyObject *parent, PyObject *root)
             PyErr_SetString(PyExc_AssertionError, "rb_erase: a missing parent");
             return -1;
         }
-        if (rb_get(parent, rb_layout.left) == node) {
-            if (!(other = rb_get_node(parent, rb_layout.right)))
+        {
+            /* The kernel writes the two mirror cases out; here one body serves both: the
+             * node's side ("toward"), its sibling's ("away"), and the rotations that bring
+             * the sibling's side up (rot_toward) or the node's side up (rot_away). */
+            int node_left = rb_get(parent, rb_layout.left) == node;
+            Py_ssize_t toward = node_left ? rb_layout.left : rb_layout.right;
+            Py_ssize_t away = node_left ? rb_layout.right : rb_layout.left;
+            void (*rot_toward)(PyObject *, PyObject *) = node_left ? rb_rotate_left : rb_rotate_right;
+            void (*rot_away)(PyObject *, PyObject *) = node_left ? rb_rotate_right : rb_rotate_left;
+            if (!(other = rb_get_node(parent, away)))
                 return -1;
             if (rb_is_red(other) > 0) {
                 rb_set_red(other, 0);
                 rb_set_red(parent, 1);
-                rb_rotate_left(parent, root);
-                if (!(other = rb_get_node(parent, rb_layout.right)))
+                rot_toward(parent, root);
+                if (!(other = rb_get_node(parent, away)))
                     return -1;
             }
-            if (rb_get_link(other, rb_layout.left, &near) < 0 ||
-                rb_get_link(other, rb_layout.right, &far) < 0)
+            if (rb_get_link(other, toward, &near) < 0 || rb_get_link(other, away, &far) < 0)
                 return -1;
             if ((near_black = rb_is_black(near)) < 0 || (far_black = rb_is_black(far)) < 0)
                 return -1;
@@ -2287,53 +2294,10 @@ rb_erase_color_c(PyObject *node, PyObject *parent, PyObject *root)
                 }
                 rb_set_red(near, 0);
                 rb_set_red(other, 1);
-                rb_rotate_right(other, root);
-                if (!(other = rb_get_node(parent, rb_layout.right)))
+                rot_away(other, root);
+                if (!(other = rb_get_node(parent, away)))
                     return -1;
-                if (rb_get_link(other, rb_layout.right, &far) < 0)
-                    return -1;
-            }
-            rb_set(other, rb_layout.red, rb_get(parent, rb_layout.red));
-            rb_set_red(parent, 0);
-            if (far == Py_None) {
-                PyErr_SetString(PyExc_AssertionError, "rb_erase: a missing node");
-                return -1;
-            }
-            rb_set_red(far, 0);
-            rb_rotate_left(parent, root);
-        } else {
-            if (!(other = rb_get_node(parent, rb_layout.left)))
-                return -1;
-            if (rb_is_red(other) > 0) {
-                rb_set_red(other, 0);
-                rb_set_red(parent, 1);
-                rb_rotate_right(parent, root);
-                if (!(other = rb_get_node(parent, rb_layout.left)))
-                    return -1;
-            }
-            if (rb_get_link(other, rb_layout.right, &near) < 0 ||
-                rb_get_link(other, rb_layout.left, &far) < 0)
-                return -1;
-            if ((near_black = rb_is_black(near)) < 0 || (far_black = rb_is_black(far)) < 0)
-                return -1;
-            if (near_black && far_black) {
-                rb_set_red(other, 1);
-                node = parent;
-                if (rb_get_link(node, rb_layout.parent, &parent) < 0)
-                    return -1;
-                continue;
-            }
-            if (far_black) {
-                if (near == Py_None) {
-                    PyErr_SetString(PyExc_AssertionError, "rb_erase: a missing node");
-                    return -1;
-                }
-                rb_set_red(near, 0);
-                rb_set_red(other, 1);
-                rb_rotate_left(other, root);
-                if (!(other = rb_get_node(parent, rb_layout.left)))
-                    return -1;
-                if (rb_get_link(other, rb_layout.left, &far) < 0)
+                if (rb_get_link(other, away, &far) < 0)
                     return -1;
             }
             rb_set(other, rb_layout.red, rb_get(parent, rb_layout.red));
@@ -2343,7 +2307,7 @@ rb_erase_color_c(PyObject *node, PyObject *parent, PyObject *root)
                 return -1;
             }
             rb_set_red(far, 0);
-            rb_rotate_right(parent, root);
+            rot_toward(parent, root);
         }
         node = rb_get(root, rb_layout.root_node);
         break;

@@ -1422,68 +1422,27 @@ class Ksm:
         referenced and dirty, a merge counted; otherwise replace_page()'s. Then, as the exact
         function does, the item taken out of its tree (3.x+) and the anon_vma held.
         """
-        mm = rmap_item.mm
         address = rmap_item.address
-        if mm.mm_users == 0:
-            return False
-        addr = address & PAGE_MASK
-        vma = mm.mmap_cache
-        if vma is None or not vma.vm_start <= addr < vma.vm_end:
-            return False
-        anon_vma = vma.anon_vma
-        if vma.vm_flags & (VM_MERGEABLE | VM_LOCKED) != VM_MERGEABLE or anon_vma is None:
-            return False
         if kpage is not None and (page is kpage or kpage.mapping_flags != PAGE_MAPPING_FLAGS):
             return False
-        if (
-            page.mapping_flags != PAGE_MAPPING_ANON
-            or page.mapping is not anon_vma
-            or page.flags & PG_locked
-            or (kpage is not None and page.count < 2)
-            or vma.vm_start + ((page.index - vma.vm_pgoff) << PAGE_SHIFT) != addr
-        ):
+        target = self._fused_target(rmap_item.mm, address & PAGE_MASK, page, kpage is not None)
+        if target is None or (kpage is not None and page.data != kpage.data):
             return False
-        vpn = addr >> PAGE_SHIFT
-        table = mm.pgd.get(vpn >> 9)
-        if table is None:
-            return False
-        idx = vpn & (PTRS_PER_PTE - 1)
-        pte = table[idx]
-        if pte & _ANON_PRESENT_MASK != _PAGE_PRESENT or pte >> PAGE_SHIFT != page.pfn:
-            return False
+        anon_vma, table, idx, pte = target
         six = self.profile.write_protect_dirty_ptes
         dirty = six and pte & _PAGE_DIRTY
-        protect = pte & _PAGE_RW or dirty
-        if protect:
-            swapped = 1 if page.flags & PG_swapcache else 0
-            if page.mapcount + 1 + swapped != page.count:
-                return False
-        if kpage is not None and page.data != kpage.data:
-            return False
         if dirty:
             page.flags |= PG_dirty
-        work = self.work
         if kpage is None:
             # write_protect_page(), then the upgrade in place of try_to_merge_one_page().
-            if protect:
+            if pte & _PAGE_RW or dirty:
                 table[idx] = (pte & ~_PAGE_DIRTY if six else pte) & ~_PAGE_RW
             page.mapping = None
             page.mapping_flags = PAGE_MAPPING_FLAGS
             page.flags |= PG_referenced | PG_dirty
-            work.merges += 1
+            self.work.merges += 1
         else:
-            # replace_page().
-            work.memcmps += 1
-            kpage.count += 1
-            kpage.mapcount += 1
-            if kpage.mapcount == 1:
-                self.machine.nr_anon_pages += 1
-            table[idx] = (kpage.pfn << PAGE_SHIFT) | _PAGE_PRESENT | _PAGE_ACCESSED
-            page.mapcount -= 1
-            if page.mapcount == 0:
-                self.machine.nr_anon_pages -= 1
-            page.count -= 1
-            work.merges += 1
+            self._replace_page_fused(page, kpage, table, idx)
         if self.profile.find_mergeable_vma and address & (STABLE_FLAG | UNSTABLE_FLAG):
             self.remove_rmap_item_from_tree(rmap_item)
         rmap_item.anon_vma = anon_vma
@@ -1511,52 +1470,79 @@ class Ksm:
         and references moved, the anon_vma held and the item appended to the node; the
         page and ``kpage`` locks taken and released leave their flags as they were.
         """
-        mm = rmap_item.mm
         address = rmap_item.address
-        if address & (STABLE_FLAG | UNSTABLE_FLAG) or mm.mm_users == 0:
-            return False
-        addr = address & PAGE_MASK
-        vma = mm.mmap_cache
-        if vma is None or not vma.vm_start <= addr < vma.vm_end:
-            return False
-        anon_vma = vma.anon_vma
-        if vma.vm_flags & (VM_MERGEABLE | VM_LOCKED) != VM_MERGEABLE or anon_vma is None:
-            return False
         node = kpage.mapping
         if (
-            page is kpage
+            address & (STABLE_FLAG | UNSTABLE_FLAG)
+            or page is kpage
             or kpage.mapping_flags != PAGE_MAPPING_FLAGS
             or node is None
             or kpage.flags & PG_locked
         ):
             return False
+        target = self._fused_target(rmap_item.mm, address & PAGE_MASK, page, True)
+        if target is None or page.data != kpage.data:
+            return False
+        anon_vma, table, idx, pte = target
+        # write_protect_page(): a dirty pte's dirt passes to the page (6.x).
+        if self.profile.write_protect_dirty_ptes and pte & _PAGE_DIRTY:
+            page.flags |= PG_dirty
+        self._replace_page_fused(page, kpage, table, idx)
+        # try_to_merge_with_ksm_page(): hold_anon_vma().
+        rmap_item.anon_vma = anon_vma
+        anon_vma.ksm_refcount += 1
+        # cmp_and_merge_page(): stable_tree_append() under the page lock, then put_page().
+        self.stable_tree_append(rmap_item, node)
+        kpage.count -= 1
+        return True
+
+    def _fused_target(
+        self, mm: MmStruct, addr: int, page: Page, need_ref: bool
+    ) -> tuple[AnonVma, array[int], int, int] | None:
+        """Return the anon_vma, pte table, index and pte of ``page`` at ``addr`` when the fused
+        merges' conditions on the mm, its area, the page and its pte hold, else None.
+
+        The conditions (see merge_with_ksm_page_fused()): the mm alive, its cached area
+        holding ``addr`` (find_vma() then returns it without a lookup), mergeable, not
+        mlocked, with an anon_vma; the page anonymous for that anon_vma, unlocked, at
+        ``addr`` by its index, with a reference besides the one a merge drops (``need_ref``);
+        a present pte mapping it there; if that pte is writable (or dirty, with
+        write_protect_dirty_ptes) the counts write_protect_page() requires.
+        """
+        if mm.mm_users == 0:
+            return None
+        vma = mm.mmap_cache
+        if vma is None or not vma.vm_start <= addr < vma.vm_end:
+            return None
+        anon_vma = vma.anon_vma
+        if vma.vm_flags & (VM_MERGEABLE | VM_LOCKED) != VM_MERGEABLE or anon_vma is None:
+            return None
         if (
             page.mapping_flags != PAGE_MAPPING_ANON
             or page.mapping is not anon_vma
             or page.flags & PG_locked
-            or page.count < 2
+            or (need_ref and page.count < 2)
             or vma.vm_start + ((page.index - vma.vm_pgoff) << PAGE_SHIFT) != addr
         ):
-            return False
+            return None
         vpn = addr >> PAGE_SHIFT
         table = mm.pgd.get(vpn >> 9)
         if table is None:
-            return False
+            return None
         idx = vpn & (PTRS_PER_PTE - 1)
         pte = table[idx]
         if pte & _ANON_PRESENT_MASK != _PAGE_PRESENT or pte >> PAGE_SHIFT != page.pfn:
-            return False
-        dirty = self.profile.write_protect_dirty_ptes and pte & _PAGE_DIRTY
-        if pte & _PAGE_RW or dirty:
+            return None
+        if pte & _PAGE_RW or (self.profile.write_protect_dirty_ptes and pte & _PAGE_DIRTY):
             swapped = 1 if page.flags & PG_swapcache else 0
             if page.mapcount + 1 + swapped != page.count:
-                return False
-        if page.data != kpage.data:
-            return False
-        # write_protect_page(): a dirty pte's dirt passes to the page (6.x).
-        if dirty:
-            page.flags |= PG_dirty
-        # replace_page().
+                return None
+        return anon_vma, table, idx, pte
+
+    def _replace_page_fused(self, page: Page, kpage: Page, table: array[int], idx: int) -> None:
+        """Do what replace_page() does once _fused_target() has said yes: a memcmp and a
+        merge counted, the pte pointing read-only at ``kpage``, mappings and references
+        moved."""
         work = self.work
         work.memcmps += 1
         kpage.count += 1
@@ -1569,13 +1555,6 @@ class Ksm:
             self.machine.nr_anon_pages -= 1
         page.count -= 1
         work.merges += 1
-        # try_to_merge_with_ksm_page(): hold_anon_vma().
-        rmap_item.anon_vma = anon_vma
-        anon_vma.ksm_refcount += 1
-        # cmp_and_merge_page(): stable_tree_append() under the page lock, then put_page().
-        self.stable_tree_append(rmap_item, node)
-        kpage.count -= 1
-        return True
 
     def try_to_merge_two_pages(
         self, rmap_item: RmapItem, page: Page, tree_rmap_item: RmapItem, tree_page: Page

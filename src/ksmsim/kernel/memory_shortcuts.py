@@ -57,7 +57,7 @@ from ksmsim.kernel.page import (
     PG_swapbacked,
     PG_uptodate,
 )
-from ksmsim.kernel.rmap import anon_vma_prepare
+from ksmsim.kernel.rmap import AnonVma, anon_vma_prepare
 
 __all__ = [
     "SOURCE_CONSTANT",
@@ -98,14 +98,33 @@ def write_user_pages(mm: MmStruct, writes: Iterable[tuple[int, bytes]]) -> int:
         return _write_fresh_pages(mm, writes)
 
 
+def _write_new_anon_page(
+    mm: MmStruct, vma: VmArea, anon_vma: AnonVma, address: int, data: bytes
+) -> None:
+    """Store ``data`` at ``address``, never touched before, as a write does there:
+    do_anonymous_page() for a write (a new anonymous page, on the active LRU, mapped writable,
+    young and dirty), then the store. The caller has checked a frame is free."""
+    machine = mm.machine
+    page = machine.zone.alloc_page()
+    assert page is not None
+    page.flags |= PG_swapbacked | PG_uptodate
+    page.mapcount = 1
+    page.mapping = anon_vma
+    page.mapping_flags = PAGE_MAPPING_ANON
+    page.index = ((address - vma.vm_start) >> PAGE_SHIFT) + vma.vm_pgoff
+    machine.nr_anon_pages += 1
+    page.flags |= PG_lru | PG_active  # lru.add(page, active=True)
+    machine.lru.active[page] = None
+    mm.anon_rss += 1
+    mm.set_pte_at(address, (page.pfn << PAGE_SHIFT) | _NEW_PTE_BITS)
+    page.data = data
+
+
 def _write_fresh_pages(mm: MmStruct, writes: Iterable[tuple[int, bytes]]) -> int:
     """The loop of write_user_pages() (the conditions for it hold)."""
     machine = mm.machine
     zone = machine.zone
-    lru_active = machine.lru.active
     pgd = mm.pgd
-    lru_bits = PG_lru | PG_active
-    new_bits = PG_swapbacked | PG_uptodate
     vma = None
     done = 0
     for address, data in writes:
@@ -133,23 +152,10 @@ def _write_fresh_pages(mm: MmStruct, writes: Iterable[tuple[int, bytes]]) -> int
         if pte or not zone.nr_free:
             write_user_bytes(mm, address, data)
             continue
-        # Never touched: do_anonymous_page() for a write, then the store.
         anon_vma = vma.anon_vma
         if anon_vma is None:
             anon_vma = anon_vma_prepare(vma)
-        page = zone.alloc_page()
-        assert page is not None
-        page.flags |= new_bits
-        page.mapcount = 1
-        page.mapping = anon_vma
-        page.mapping_flags = PAGE_MAPPING_ANON
-        page.index = ((address - vma.vm_start) >> PAGE_SHIFT) + vma.vm_pgoff
-        machine.nr_anon_pages += 1
-        page.flags |= lru_bits  # lru.add(page, active=True)
-        lru_active[page] = None
-        mm.anon_rss += 1
-        mm.set_pte_at(address, (page.pfn << PAGE_SHIFT) | _NEW_PTE_BITS)
-        page.data = data
+        _write_new_anon_page(mm, vma, anon_vma, address, data)
     return done
 
 
@@ -214,11 +220,8 @@ def write_page_run_py(
     machine = mm.machine
     zone = machine.zone
     mem_map = zone.mem_map
-    lru_active = machine.lru.active
     pgd = mm.pgd
     anon_vma = vma.anon_vma
-    lru_bits = PG_lru | PG_active
-    new_bits = PG_swapbacked | PG_uptodate
     done = 0
     while done < count:
         data = source_page(source, index + done)
@@ -240,20 +243,7 @@ def write_page_run_py(
             continue
         if pte or anon_vma is None or not zone.nr_free:
             break  # the exact path's: a fault of another kind, anon_vma_prepare(), or OOM
-        # Never touched: do_anonymous_page() for a write, then the store.
-        page = zone.alloc_page()
-        assert page is not None
-        page.flags |= new_bits
-        page.mapcount = 1
-        page.mapping = anon_vma
-        page.mapping_flags = PAGE_MAPPING_ANON
-        page.index = ((addr - vma.vm_start) >> PAGE_SHIFT) + vma.vm_pgoff
-        machine.nr_anon_pages += 1
-        page.flags |= lru_bits  # lru.add(page, active=True)
-        lru_active[page] = None
-        mm.anon_rss += 1
-        mm.set_pte_at(addr, (page.pfn << PAGE_SHIFT) | _NEW_PTE_BITS)
-        page.data = data
+        _write_new_anon_page(mm, vma, anon_vma, addr, data)
         done += 1
     return done
 
