@@ -1369,6 +1369,27 @@ slot_offset(PyObject *descr, PyTypeObject *owner)
     return m->offset;
 }
 
+/* The head of the *_setup() functions: exactly `want` arguments, the first `nclasses` of them
+ * classes; -1 with TypeError otherwise. */
+static int
+setup_head(const char *name, PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want,
+           int nclasses)
+{
+    int i;
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "%s() takes exactly %zd arguments", name, want);
+        return -1;
+    }
+    for (i = 0; i < nclasses; i++) {
+        if (!PyType_Check(args[i])) {
+            PyErr_Format(PyExc_TypeError, "%s: the first %d arguments are classes", name,
+                         nclasses);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* A slot's value, borrowed; NULL with AttributeError when the slot is unset. */
 static inline PyObject *
 slot_get(PyObject *obj, Py_ssize_t off)
@@ -1453,18 +1474,9 @@ static PyObject *
 speedups_tree_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     tree_layout l;
-    int i;
     (void)module;
-    if (nargs != 16) {
-        PyErr_SetString(PyExc_TypeError, "tree_setup() takes exactly 16 arguments");
+    if (setup_head("tree_setup", args, nargs, 16, 4) < 0)
         return NULL;
-    }
-    for (i = 0; i < 4; i++) {
-        if (!PyType_Check(args[i])) {
-            PyErr_SetString(PyExc_TypeError, "tree_setup: the first four arguments are classes");
-            return NULL;
-        }
-    }
     l.rbnode_type = (PyTypeObject *)args[0];
     l.item_type = (PyTypeObject *)args[1];
     l.stable_type = (PyTypeObject *)args[2];
@@ -2459,18 +2471,9 @@ static PyObject *
 speedups_scan_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     scan_layout_t l;
-    int i;
     (void)module;
-    if (nargs != 20) {
-        PyErr_SetString(PyExc_TypeError, "scan_setup() takes exactly 20 arguments");
+    if (setup_head("scan_setup", args, nargs, 20, 4) < 0)
         return NULL;
-    }
-    for (i = 0; i < 4; i++) {
-        if (!PyType_Check(args[i])) {
-            PyErr_SetString(PyExc_TypeError, "scan_setup: the first four arguments are classes");
-            return NULL;
-        }
-    }
     l.item_type = (PyTypeObject *)args[0];
     l.slot_type = (PyTypeObject *)args[1];
     l.scan_type = (PyTypeObject *)args[2];
@@ -2675,14 +2678,8 @@ speedups_visit_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_RuntimeError, "visit_setup() before scan_setup()");
         return NULL;
     }
-    if (nargs != 22) {
-        PyErr_SetString(PyExc_TypeError, "visit_setup() takes exactly 22 arguments");
+    if (setup_head("visit_setup", args, nargs, 22, 2) < 0)
         return NULL;
-    }
-    if (!PyType_Check(args[0]) || !PyType_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "visit_setup: the first two arguments are classes");
-        return NULL;
-    }
     l.work_type = (PyTypeObject *)args[0];
     l.mm_type = (PyTypeObject *)args[1];
     if ((l.it_parent = slot_offset(args[2], scan_layout.item_type)) < 0 ||
@@ -3559,16 +3556,8 @@ speedups_merge_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     merge_layout_t l;
     int i;
     (void)module;
-    if (nargs != 43) {
-        PyErr_SetString(PyExc_TypeError, "merge_setup() takes exactly 43 arguments");
+    if (setup_head("merge_setup", args, nargs, 43, 6) < 0)
         return NULL;
-    }
-    for (i = 0; i < 6; i++) {
-        if (!PyType_Check(args[i])) {
-            PyErr_SetString(PyExc_TypeError, "merge_setup: the first six arguments are classes");
-            return NULL;
-        }
-    }
     l.item_type = (PyTypeObject *)args[0];
     l.mm_type = (PyTypeObject *)args[1];
     l.vma_type = (PyTypeObject *)args[2];
