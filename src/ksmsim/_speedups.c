@@ -3651,37 +3651,6 @@ pb_set(PyObject **field, long x)
     return 0;
 }
 
-/* Add delta to an int attribute of an ordinary object (ksm's counters, machine's). */
-static int
-attr_add(PyObject *obj, PyObject *name, long delta)
-{
-    PyObject *v = PyObject_GetAttr(obj, name), *w;
-    long x;
-    int r;
-    if (v == NULL)
-        return -1;
-    x = PyLong_AsLong(v);
-    Py_DECREF(v);
-    if (x == -1 && PyErr_Occurred())
-        return -1;
-    w = PyLong_FromLong(x + delta);
-    if (w == NULL)
-        return -1;
-    r = PyObject_SetAttr(obj, name, w);
-    Py_DECREF(w);
-    return r;
-}
-
-/* Add delta to an int slot. */
-static inline int
-slot_add(PyObject *obj, Py_ssize_t off, long delta)
-{
-    int err = 0;
-    long x = scan_long(obj, off, &err);
-    if (err)
-        return -1;
-    return scan_set_long(obj, off, x + delta);
-}
 
 PyDoc_STRVAR(merge_fused_doc,
 "merge_fused(ksm, rmap_item, page, kpage, /)\n"
@@ -3857,7 +3826,7 @@ merge_core(PyObject *ksm, PyObject *item, PageBaseObject *page, PageBaseObject *
         Py_XSETREF(page->mapping, Py_None);
         if (pb_set(&page->mapping_flags, merge_layout.mapping_ksm) < 0 ||
             pb_set(&page->flags, pflags | merge_layout.pg_referenced | merge_layout.pg_dirty) < 0 ||
-            slot_add(work, merge_layout.wk_merges, 1) < 0)
+            visit_slot_add(work, merge_layout.wk_merges, 1) < 0)
             goto done;
     }
     mapcount = pb_long(page->mapcount, &err);
@@ -3866,7 +3835,7 @@ merge_core(PyObject *ksm, PyObject *item, PageBaseObject *page, PageBaseObject *
         long kcount = err ? 0 : pb_long(kpage->count, &err);
         if (err)
             goto done;
-        if (slot_add(work, merge_layout.wk_memcmps, 1) < 0)
+        if (visit_slot_add(work, merge_layout.wk_memcmps, 1) < 0)
             goto done;
         /* replace_page(): kpage gains a reference and a mapping. */
         if (pb_set(&kpage->count, kcount + 1) < 0 || pb_set(&kpage->mapcount, kmapcount + 1) < 0)
@@ -3876,7 +3845,7 @@ merge_core(PyObject *ksm, PyObject *item, PageBaseObject *page, PageBaseObject *
             int r;
             if (machine == NULL)
                 goto done;
-            r = attr_add(machine, merge_layout.s_nr_anon, 1);
+            r = visit_attr_add(machine, merge_layout.s_nr_anon, 1);
             Py_DECREF(machine);
             if (r < 0)
                 goto done;
@@ -3891,14 +3860,14 @@ merge_core(PyObject *ksm, PyObject *item, PageBaseObject *page, PageBaseObject *
             int r;
             if (machine == NULL)
                 goto done;
-            r = attr_add(machine, merge_layout.s_nr_anon, -1);
+            r = visit_attr_add(machine, merge_layout.s_nr_anon, -1);
             Py_DECREF(machine);
             if (r < 0)
                 goto done;
         }
         if (pb_set(&page->count, count - 1) < 0)
             goto done;
-        if (slot_add(work, merge_layout.wk_merges, 1) < 0)
+        if (visit_slot_add(work, merge_layout.wk_merges, 1) < 0)
             goto done;
         (void)kcount;
     }
@@ -3918,14 +3887,14 @@ merge_core(PyObject *ksm, PyObject *item, PageBaseObject *page, PageBaseObject *
     }
     /* hold_anon_vma() */
     scan_set(item, merge_layout.it_anon_vma, anon_vma);
-    if (slot_add(anon_vma, merge_layout.av_refcount, 1) < 0)
+    if (visit_slot_add(anon_vma, merge_layout.av_refcount, 1) < 0)
         goto done;
     if (stable_step) {
         long kcount = pb_long(kpage->count, &err);
         if (err)
             goto done;
         /* stable_tree_append() */
-        if (slot_add(node, merge_layout.sn_hlist_len, 1) < 0)
+        if (visit_slot_add(node, merge_layout.sn_hlist_len, 1) < 0)
             goto done;
         scan_set(item, merge_layout.it_head, node);
         if (scan_set_long(item, merge_layout.it_address, address | merge_layout.stable_flag) < 0)
@@ -3941,15 +3910,15 @@ merge_core(PyObject *ksm, PyObject *item, PageBaseObject *page, PageBaseObject *
         if (first != Py_None) {
             scan_set(first, merge_layout.it_hprev, item);
             Py_DECREF(first);
-            if (attr_add(ksm, merge_layout.s_sharing, 1) < 0)
+            if (visit_attr_add(ksm, merge_layout.s_sharing, 1) < 0)
                 goto done;
         } else {
             Py_DECREF(first);
-            if (attr_add(ksm, merge_layout.s_shared, 1) < 0)
+            if (visit_attr_add(ksm, merge_layout.s_shared, 1) < 0)
                 goto done;
         }
         scan_set(node, merge_layout.sn_hlist, item);
-        if (slot_add(mm, merge_layout.mm_merging, 1) < 0)
+        if (visit_slot_add(mm, merge_layout.mm_merging, 1) < 0)
             goto done;
         /* put_page(kpage): the search's reference. */
         if (pb_set(&kpage->count, kcount - 1) < 0)
@@ -4154,7 +4123,7 @@ insert_hlist_append(PyObject *ksm, PyObject *item, PyObject *node)
         PyErr_SetString(PyExc_AttributeError, "insert_fused: unset hlist");
         return -1;
     }
-    if (slot_add(node, merge_layout.sn_hlist_len, 1) < 0)
+    if (visit_slot_add(node, merge_layout.sn_hlist_len, 1) < 0)
         return -1;
     scan_set(item, merge_layout.it_head, node);
     if (scan_set_long(item, merge_layout.it_address, address | merge_layout.stable_flag) < 0)
@@ -4165,15 +4134,15 @@ insert_hlist_append(PyObject *ksm, PyObject *item, PyObject *node)
     if (first != Py_None) {
         scan_set(first, merge_layout.it_hprev, item);
         Py_DECREF(first);
-        if (attr_add(ksm, merge_layout.s_sharing, 1) < 0)
+        if (visit_attr_add(ksm, merge_layout.s_sharing, 1) < 0)
             return -1;
     } else {
         Py_DECREF(first);
-        if (attr_add(ksm, merge_layout.s_shared, 1) < 0)
+        if (visit_attr_add(ksm, merge_layout.s_shared, 1) < 0)
             return -1;
     }
     scan_set(node, merge_layout.sn_hlist, item);
-    return slot_add(mm, merge_layout.mm_merging, 1);
+    return visit_slot_add(mm, merge_layout.mm_merging, 1);
 }
 
 PyDoc_STRVAR(insert_fused_doc,
@@ -4266,7 +4235,7 @@ speedups_insert_fused(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         goto done;
     }
     /* From here on the exact steps' changes, in their order. */
-    if (n && slot_add(work, merge_layout.wk_memcmps, n) < 0)
+    if (n && visit_slot_add(work, merge_layout.wk_memcmps, n) < 0)
         goto done;
     node = PyObject_CallOneArg((PyObject *)merge_layout.stable_type, (PyObject *)kpage);
     if (node == NULL)
