@@ -289,6 +289,8 @@ def build_world(race: RaceScenario, profile: Profile, mutations: frozenset[str])
         raise RaceError(f"setup: the starting state is not the expected one: {what}")
     host = runner.host
     host.ksm.mutations = mutations
+    # kswapd is a task of its own here: the user tasks' operations must not run it inline.
+    host.kswapd_between_operations = not any(t.kind == "kswapd" for t in race.tasks)
     world = World(host, Scheduler(host.machine))
     if any(t.kind == "ksmd" for t in race.tasks):
         host.sysfs.write("run", KSM_RUN_MERGE)
