@@ -9,7 +9,8 @@ entries run as concurrent tasks from that state:
 - ``kind = "user"``: ``actions``, a list of scenario actions (``fill``, ``write``, ``read``,
   ``mmap``, ``munmap``, ``madvise``, ``fork``, ``exit``, ``comment``) done in order.
 - ``kind = "sysfs"``: ``writes``, a list of ``{file, value}`` (e.g. ``run = 2``).
-- ``kind = "kswapd"``: ``rounds`` (default 1) of balance_pgdat() when woken.
+- ``kind = "kswapd"``: ``rounds`` (default 1) of balance_pgdat() when woken; the user tasks'
+  operations then leave background reclaim to it (direct reclaim stays theirs).
 - ``kind = "migrate"``: ``proc``, ``region``, ``start``, ``count``: move those pages.
 
 Every task has a ``name`` (default: its kind and index). ``machine.ram_pages`` defaults to a few
