@@ -340,3 +340,73 @@ def test_host_without_swap_signals_oom_through_fault_error() -> None:
     with pytest.raises(HostError, match="swap device"):
         host.pressure(10)
     check_all(host.machine)
+
+
+# -- preemption points (the interleaving explorer's hook) ---------------------------------------
+
+
+def test_reclaim_stops_at_its_preemption_points_in_kernel_order() -> None:
+    m = _machine()
+    mm, a = _fill(m, 2)
+    mm.set_pte_at(a + P, mm.pte_get(a + P) | _PAGE_ACCESSED)
+    points: list[str] = []
+    m.preempt = points.append
+    shrink_active_list(m, 2)
+    batch = isolate_lru_pages(m, 2, active=False)
+    shrink_page_list(m, batch)
+    # Page 0: unreferenced, so swapped; page 1 was young only before aging cleared it.
+    assert points == [
+        "shrink_active_list:lru_lock",
+        "shrink_page_list:page_referenced",
+        "shrink_page_list:add_to_swap",
+        "shrink_page_list:unmapped",
+        "shrink_page_list:page_referenced",
+        "shrink_page_list:add_to_swap",
+        "shrink_page_list:unmapped",
+    ]
+    m.preempt = None
+    check_all(m)
+
+
+def test_a_referenced_page_stops_only_after_page_referenced() -> None:
+    m = _machine()
+    mm, a = _fill(m, 1)
+    points: list[str] = []
+    m.preempt = points.append
+    batch = isolate_lru_pages(m, 1, active=True)
+    mm.set_pte_at(a, mm.pte_get(a) | _PAGE_ACCESSED)
+    assert shrink_page_list(m, batch) == 0
+    assert points == ["shrink_page_list:page_referenced"]
+
+
+def test_shrink_zone_stops_after_isolating_the_inactive_batch() -> None:
+    m = _machine()
+    _fill(m, 1)
+    shrink_active_list(m, 1)
+    points: list[str] = []
+    m.preempt = points.append
+    assert shrink_zone(m, 1) == 1
+    assert points[0] == "shrink_inactive_list:lru_lock"
+
+
+def test_a_reference_taken_between_unmap_and_freeze_keeps_the_page() -> None:
+    # ksmd's get_ksm_page() (or a swap fault) takes the page while reclaim has it unmapped:
+    # __remove_mapping() cannot freeze the count at 2, so the page stays in the swap cache.
+    m = _machine()
+    mm, a = _fill(m, 1)
+    page = mapped_page(mm, a)
+    shrink_active_list(m, 1)
+    batch = isolate_lru_pages(m, 1, active=False)
+
+    def preempt(point: str) -> None:
+        if point == "shrink_page_list:unmapped":
+            assert page.flags & 1  # reclaim holds the page lock here
+            page.count += 1
+
+    m.preempt = preempt
+    assert shrink_page_list(m, batch) == 0
+    m.preempt = None
+    assert is_swap_pte(mm.pte_get(a)) and page.flags & PG_swapcache
+    assert list(m.lru.inactive) == [page] and not page.flags & 1
+    page.count -= 1
+    check_all(m)

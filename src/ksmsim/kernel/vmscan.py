@@ -6,6 +6,14 @@ the inactive one, and frees inactive pages: unreferenced ones are given a swap s
 (``try_to_unmap``, through the stable node for a KSM page), written out, and freed once their
 references can be frozen. A KSM page that the pinned design's stable node still holds fails
 that last step and stays in the swap cache, unmapped, until ksmd lets it go.
+
+Under the interleaving explorer reclaim stops where the kernel can race with ksmd and faults
+(``machine.preempt``): after isolating a batch, once the LRU lock is dropped
+(``shrink_active_list:lru_lock``, ``shrink_inactive_list:lru_lock``), and in shrink_page_list()
+with the page locked: after page_referenced() (``shrink_page_list:page_referenced``), after
+add_to_swap() (``shrink_page_list:add_to_swap``) and between try_to_unmap() and the freeze of
+the references (``shrink_page_list:unmapped``). The page lock is the page's PG_locked bit:
+reclaim only trylocks, and ksmd's trylock fails or its lock_page() sleeps meanwhile.
 """
 
 from __future__ import annotations
@@ -181,22 +189,37 @@ def shrink_page_list(machine: Machine, pages: list[Page]) -> int:
     """
     freed = 0
     lru = machine.lru
+    # Read once: None in sequential runs, so each point costs one test.
+    preempt = machine.preempt
     for page in pages:
         keep_active = False
         if not trylock_page(page):
             lru.add(page, active=False)
             machine.zone.put_page(page)
             continue
-        if (page_referenced(machine, page) and page.mapcount) or (
-            PageAnon(page) and not page.flags & PG_swapcache and not add_to_swap(machine, page)
-        ):
+        referenced = page_referenced(machine, page)
+        if preempt is not None:
+            # The young bits are read and cleared under the page lock only: faults and ksmd
+            # may map or unmap the page before reclaim acts on what it saw.
+            preempt("shrink_page_list:page_referenced")
+        if referenced and page.mapcount:
             keep_active = True
-        elif page.mapcount:
+        elif PageAnon(page) and not page.flags & PG_swapcache:
+            if not add_to_swap(machine, page):
+                keep_active = True
+            elif preempt is not None:
+                # In the swap cache, still mapped: a fault or a merge may find it there.
+                preempt("shrink_page_list:add_to_swap")
+        if not keep_active and page.mapcount:
             ret = try_to_unmap(machine, page)
             if ret == SWAP_SUCCESS and PageKsm(page):
                 machine.note_ksm_unmapped(page)
             if ret != SWAP_SUCCESS:
                 keep_active = ret != SWAP_AGAIN
+            if preempt is not None:
+                # Unmapped but not yet frozen: ksmd may take a reference through the stable
+                # node (get_ksm_page()) or a fault through the swap cache before the freeze.
+                preempt("shrink_page_list:unmapped")
         if not keep_active and not page.mapcount and page.flags & PG_swapcache:
             if page.flags & PG_dirty:
                 pageout(machine, page)
@@ -230,7 +253,11 @@ def isolate_lru_pages(machine: Machine, nr: int, active: bool) -> list[Page]:
 def shrink_active_list(machine: Machine, nr: int) -> None:
     """Age active anonymous pages onto the inactive list: shrink_active_list() (2.6.33 moves
     every anonymous page it scans, clearing the young bits of its ptes)."""
-    for page in isolate_lru_pages(machine, nr, active=True):
+    isolated = isolate_lru_pages(machine, nr, active=True)
+    if isolated and machine.preempt is not None:
+        # spin_unlock_irq(&zone->lru_lock): the isolated pages hold reclaim's references only.
+        machine.preempt("shrink_active_list:lru_lock")
+    for page in isolated:
         page_referenced(machine, page)
         machine.lru.add(page, active=False)
         machine.zone.put_page(page)
@@ -262,6 +289,9 @@ def shrink_zone(machine: Machine, nr_to_reclaim: int) -> int:
         if len(lru.inactive) < len(lru.active):
             shrink_active_list(machine, SWAP_CLUSTER_MAX)
         batch = isolate_lru_pages(machine, SWAP_CLUSTER_MAX, active=False)
+        if batch and machine.preempt is not None:
+            # shrink_inactive_list() drops the LRU lock before shrink_page_list().
+            machine.preempt("shrink_inactive_list:lru_lock")
         if not batch:
             if not lru.active:
                 break

@@ -9,7 +9,8 @@ entries run as concurrent tasks from that state:
 - ``kind = "user"``: ``actions``, a list of scenario actions (``fill``, ``write``, ``read``,
   ``mmap``, ``munmap``, ``madvise``, ``fork``, ``exit``, ``comment``) done in order.
 - ``kind = "sysfs"``: ``writes``, a list of ``{file, value}`` (e.g. ``run = 2``).
-- ``kind = "kswapd"``: ``rounds`` (default 1) of balance_pgdat() when woken.
+- ``kind = "kswapd"``: ``rounds`` (default 1) of balance_pgdat() when woken; the user tasks'
+  operations then leave background reclaim to it (direct reclaim stays theirs).
 - ``kind = "migrate"``: ``proc``, ``region``, ``start``, ``count``: move those pages.
 
 Every task has a ``name`` (default: its kind and index). ``machine.ram_pages`` defaults to a few
@@ -289,6 +290,8 @@ def build_world(race: RaceScenario, profile: Profile, mutations: frozenset[str])
         raise RaceError(f"setup: the starting state is not the expected one: {what}")
     host = runner.host
     host.ksm.mutations = mutations
+    # kswapd is a task of its own here: the user tasks' operations must not run it inline.
+    host.kswapd_between_operations = not any(t.kind == "kswapd" for t in race.tasks)
     world = World(host, Scheduler(host.machine))
     if any(t.kind == "ksmd" for t in race.tasks):
         host.sysfs.write("run", KSM_RUN_MERGE)

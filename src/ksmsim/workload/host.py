@@ -93,6 +93,9 @@ class Host:
         self._pressure_regions = 0
         self.check = check
         """Run every invariant check after each operation (slow; for tests)."""
+        self.kswapd_between_operations = True
+        """Let kswapd reclaim after each operation, as sequential runs do; a race with a
+        kswapd task turns this off so that only that task (and direct reclaim) reclaims."""
 
     # -- processes and regions -------------------------------------------------------------------
     def proc(self, name: str) -> Proc:
@@ -346,7 +349,7 @@ class Host:
             except FaultError:
                 break
             written += 1
-            if not i % 32:
+            if not i % 32 and self.kswapd_between_operations:
                 self.machine.kswapd()
         self._checkpoint()
         return written
@@ -426,7 +429,8 @@ class Host:
         return self.machine.clock_ns / 1e9
 
     def _checkpoint(self) -> None:
-        self.machine.kswapd()
+        if self.kswapd_between_operations:
+            self.machine.kswapd()
         if self.check:
             from ksmsim.kernel.invariants import check_all  # here: only checked runs need it
 
