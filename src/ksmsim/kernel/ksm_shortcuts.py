@@ -625,52 +625,49 @@ def first_visit_enabled(shortcuts: Shortcuts) -> bool:
     return shortcuts.first_visit and shortcuts.c_helpers and visit_ready
 
 
+def _c_helper(shortcuts: Shortcuts, on: bool, name: str) -> Callable[..., Any] | None:
+    """Return the C helper that _setup_c() put in the module global ``name`` when ``on`` and
+    ``c_helpers`` (and the extension has it), else None."""
+    if shortcuts.c_helpers and not HAVE_C_HELPERS:
+        _setup_c()
+    helper: Callable[..., Any] | None = globals()[name]
+    return helper if on and shortcuts.c_helpers else None
+
+
 def stable_find_function(shortcuts: Shortcuts) -> Callable[..., tuple[Any, Any, int]] | None:
     """Return the C walk of stable_tree_search() that also takes the node found
     (``stable_skip`` with ``c_helpers`` and the C frame base), else None; its twin is
     stable_skip_py() and the tests after it in stable_tree_search()."""
-    if shortcuts.c_helpers and not HAVE_C_HELPERS:
-        _setup_c()
-    return stable_find_c if shortcuts.stable_skip and shortcuts.c_helpers else None
+    return _c_helper(shortcuts, shortcuts.stable_skip, "stable_find_c")
 
 
 def fused_free_function(shortcuts: Shortcuts) -> Callable[..., bool] | None:
     """Return free_scanned of ksmsim._speedups with ``fused_free`` and ``c_helpers`` and the C
     frame base, else None (the exact put_page())."""
-    if shortcuts.c_helpers and not HAVE_C_HELPERS:
-        _setup_c()
-    return free_scanned_c if shortcuts.fused_free and shortcuts.c_helpers else None
+    return _c_helper(shortcuts, shortcuts.fused_free, "free_scanned_c")
 
 
 def try_merge_function(shortcuts: Shortcuts) -> Callable[..., bool] | None:
     """Return the C twin of Ksm.try_to_merge_with_ksm_page_fused() with ``fused_merge`` and
     ``c_helpers``, else None (use the method, or with ``fused_merge`` off, no shortcut)."""
-    if shortcuts.c_helpers and not HAVE_C_HELPERS:
-        _setup_c()
-    return try_merge_fused_c if shortcuts.fused_merge and shortcuts.c_helpers else None
+    return _c_helper(shortcuts, shortcuts.fused_merge, "try_merge_fused_c")
 
 
 def fused_insert_function(shortcuts: Shortcuts) -> Callable[..., bool] | None:
     """Return the C twin of Ksm.insert_merged_fused() with ``fused_insert`` and ``c_helpers``,
     else None (use the method, or with ``fused_insert`` off, no shortcut)."""
-    if shortcuts.c_helpers and not HAVE_C_HELPERS:
-        _setup_c()
-    return insert_fused_c if shortcuts.fused_insert and shortcuts.c_helpers else None
+    return _c_helper(shortcuts, shortcuts.fused_insert, "insert_fused_c")
 
 
 def fused_merge_function(shortcuts: Shortcuts) -> Callable[..., bool] | None:
     """Return the C twin of Ksm.merge_with_ksm_page_fused() with ``fused_merge`` and
     ``c_helpers``, else None (use the method, or with ``fused_merge`` off, no shortcut)."""
-    if shortcuts.c_helpers and not HAVE_C_HELPERS:
-        _setup_c()
-    return merge_fused_c if shortcuts.fused_merge and shortcuts.c_helpers else None
+    return _c_helper(shortcuts, shortcuts.fused_merge, "merge_fused_c")
 
 
 def scan_ptes_function(shortcuts: Shortcuts) -> Callable[..., Any] | None:
     """Return the C twin of Ksm._scan_ptes() with ``c_helpers``, else None (use the method)."""
-    if shortcuts.c_helpers and not HAVE_C_HELPERS:
-        _setup_c()
-    return scan_ptes_c if shortcuts.c_helpers else None
+    return _c_helper(shortcuts, True, "scan_ptes_c")
 
 
 def insert_color_function(shortcuts: Shortcuts) -> Callable[[Any, Any], None]:
