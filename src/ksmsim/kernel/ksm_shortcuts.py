@@ -675,11 +675,7 @@ def insert_color_function(shortcuts: Shortcuts) -> Callable[[Any, Any], None]:
     tests/perf compares the trees), else rbtree.py's."""
     from ksmsim.kernel.rbtree import rb_insert_color
 
-    if shortcuts.c_helpers and not HAVE_C_HELPERS:
-        _setup_c()
-    if shortcuts.c_helpers and rb_insert_color_c is not None:
-        return rb_insert_color_c
-    return rb_insert_color
+    return _c_helper(shortcuts, True, "rb_insert_color_c") or rb_insert_color
 
 
 def erase_function(shortcuts: Shortcuts) -> Callable[[Any, Any], None]:
@@ -687,11 +683,7 @@ def erase_function(shortcuts: Shortcuts) -> Callable[[Any, Any], None]:
     tests/perf compares the trees), else rbtree.py's."""
     from ksmsim.kernel.rbtree import rb_erase
 
-    if shortcuts.c_helpers and not HAVE_C_HELPERS:
-        _setup_c()
-    if shortcuts.c_helpers and rb_erase_c is not None:
-        return rb_erase_c
-    return rb_erase
+    return _c_helper(shortcuts, True, "rb_erase_c") or rb_erase
 
 
 def dup_skip_function(shortcuts: Shortcuts) -> DupSkip | None:
